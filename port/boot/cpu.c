@@ -1,0 +1,50 @@
+// CPU features that must be on before any compiled C touches a float or an SSE register:
+// glibc picks SSE2 string functions from CPUID whatever CR4 says, and gcc's -mfpmath=sse
+// code uses XMM registers for every double.
+#include "kernel.h"
+
+#define CR0_MP          (1u << 1)       // monitor coprocessor: wait/fwait honour TS
+#define CR0_EM          (1u << 2)       // emulate x87: must be clear
+#define CR0_TS          (1u << 3)       // task switched: must be clear or every FPU op faults
+#define CR0_NE          (1u << 5)       // native x87 error reporting (#MF, not IRQ13)
+#define CR4_OSFXSR      (1u << 9)       // fxsave/fxrstor and SSE instructions
+#define CR4_OSXMMEXCPT  (1u << 10)      // unmasked SSE exceptions raise #XM
+#define CR4_OSXSAVE     (1u << 18)      // xgetbv/xsetbv, needed for AVX
+#define CPUID1_ECX_XSAVE (1u << 26)
+#define CPUID1_ECX_AVX  (1u << 28)
+#define XCR0_X87        (1u << 0)
+#define XCR0_SSE        (1u << 1)
+#define XCR0_AVX        (1u << 2)
+
+static inline void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d) {
+    __asm__ volatile ("cpuid" : "=a" (*a), "=b" (*b), "=c" (*c), "=d" (*d) : "a" (leaf), "c" (0));
+}
+
+void cpu_init(void) {
+    uint32_t a, b, c, d;
+    cpuid(1, &a, &b, &c, &d);
+    kernel.cpuid_ecx = c;
+    kernel.cpuid_edx = d;
+
+    uint32_t cr0, cr4;
+    __asm__ volatile ("mov %%cr0, %0" : "=r" (cr0));
+    cr0 = (cr0 & ~(CR0_EM | CR0_TS)) | CR0_MP | CR0_NE;
+    __asm__ volatile ("mov %0, %%cr0" :: "r" (cr0));
+    __asm__ volatile ("mov %%cr4, %0" : "=r" (cr4));
+    cr4 |= CR4_OSFXSR | CR4_OSXMMEXCPT;
+    if (c & CPUID1_ECX_XSAVE) {
+        cr4 |= CR4_OSXSAVE;
+    }
+    __asm__ volatile ("mov %0, %%cr4" :: "r" (cr4));
+
+    if ((c & CPUID1_ECX_XSAVE) && (c & CPUID1_ECX_AVX)) {
+        uint32_t lo, hi;
+        __asm__ volatile ("xgetbv" : "=a" (lo), "=d" (hi) : "c" (0));
+        lo |= XCR0_X87 | XCR0_SSE | XCR0_AVX;
+        __asm__ volatile ("xsetbv" :: "a" (lo), "d" (hi), "c" (0));
+        kernel.avx = 1;
+    }
+
+    uint32_t mxcsr = 0x1f80;            // all SSE exceptions masked, round to nearest
+    __asm__ volatile ("fninit; ldmxcsr %0" :: "m" (mxcsr));
+}

@@ -1,0 +1,29 @@
+#pragma once
+#include <stdint.h>
+
+// Selectors. Slots 6..8 are the thread-local-storage slots glibc asks for with
+// set_thread_area, numbered as on Linux.
+#define SEL_KERNEL_CODE     0x08
+#define SEL_KERNEL_DATA     0x10
+#define SEL_TSS             0x18
+#define SEL_DF_TSS          0x20
+#define GDT_TLS_FIRST       6
+#define GDT_TLS_COUNT       3
+
+void gdt_init(void);
+
+// Linux's struct user_desc: what set_thread_area() passes in.
+struct user_desc {
+    uint32_t entry_number;
+    uint32_t base_addr;
+    uint32_t limit;
+    uint32_t seg_32bit:1;
+    uint32_t contents:2;
+    uint32_t read_exec_only:1;
+    uint32_t limit_in_pages:1;
+    uint32_t seg_not_present:1;
+    uint32_t useable:1;
+};
+
+// Install a TLS descriptor; picks a free slot when entry_number is -1. Returns 0 or -errno.
+int gdt_set_tls(struct user_desc *u);

@@ -1,0 +1,87 @@
+#include <stdarg.h>
+#include <stdint.h>
+#include "kprint.h"
+#include "../drivers/serial.h"
+
+static void put(char c) {
+    if (c == '\n') {
+        serial_putc(COM1, '\r');
+    }
+    serial_putc(COM1, c);
+}
+
+static void put_uint(uint32_t v, unsigned base, int width, char pad) {
+    char buf[12];
+    int n = 0;
+    do {
+        buf[n++] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v);
+    while (n < width) {
+        buf[n++] = pad;
+    }
+    while (n) {
+        put(buf[--n]);
+    }
+}
+
+void kprintf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    for (; *fmt; fmt++) {
+        if (*fmt != '%') {
+            put(*fmt);
+            continue;
+        }
+        fmt++;
+        char pad = ' ';
+        int width = 0;
+        if (*fmt == '0') {
+            pad = '0';
+            fmt++;
+        }
+        while (*fmt >= '0' && *fmt <= '9') {
+            width = width * 10 + (*fmt++ - '0');
+        }
+        switch (*fmt) {
+            case 's': {
+                const char *s = va_arg(ap, const char *);
+                for (s = s ? s : "(null)"; *s; s++) {
+                    put(*s);
+                }
+                break;
+            }
+            case 'c':
+                put((char)va_arg(ap, int));
+                break;
+            case 'd': {
+                int v = va_arg(ap, int);
+                if (v < 0) {
+                    put('-');
+                    v = -v;
+                }
+                put_uint((uint32_t)v, 10, width, pad);
+                break;
+            }
+            case 'u':
+                put_uint(va_arg(ap, uint32_t), 10, width, pad);
+                break;
+            case 'x':
+                put_uint(va_arg(ap, uint32_t), 16, width, pad);
+                break;
+            case 'p':
+                put('0');
+                put('x');
+                put_uint((uint32_t)va_arg(ap, void *), 16, 8, '0');
+                break;
+            case '%':
+                put('%');
+                break;
+            default:
+                put('%');
+                put(*fmt);
+                break;
+        }
+    }
+    va_end(ap);
+}

@@ -1,0 +1,124 @@
+// cllm's MicroPython: init, the frozen main.py, the REPL, soft reboot — and nothing else.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "py/compile.h"
+#include "py/runtime.h"
+#include "py/stackctrl.h"
+#include "py/gc.h"
+#include "py/mperrno.h"
+#include "extmod/vfs.h"
+#include "extmod/vfs_posix.h"
+#include "shared/runtime/gchelper.h"
+#include "shared/runtime/pyexec.h"
+#include "port/boot/kernel.h"
+#include "port/boot/mem.h"
+#include "port/boot/panic.h"
+#include "port/drivers/console.h"
+#include "port/drivers/clock.h"
+
+#define MIB (1024u * 1024u)
+#define HEAP_MIN (2 * MIB)
+#define HEAP_MAX (256 * MIB)
+
+// "heap=64M" on the command line, else an eighth of the free memory within [2, 256] MiB:
+// the rest stays for C (llama.cpp's weights are mapped, but its buffers are malloc'd).
+static size_t gc_heap_size(void) {
+    char buf[32];
+    if (cmdline_get("heap", buf, sizeof(buf))) {
+        char *end;
+        unsigned long v = strtoul(buf, &end, 0);
+        switch (*end) {
+            case 'k': case 'K': v *= 1024; break;
+            case 'm': case 'M': v *= MIB; break;
+            case 'g': case 'G': v *= 1024 * MIB; break;
+        }
+        if (v >= 64 * 1024) {
+            return v;
+        }
+        printf("cllm: ignoring heap=%s (need at least 64K)\n", buf);
+    }
+    struct mem_stats s;
+    mem_get_stats(&s);
+    size_t size = s.free / 8;
+    return size < HEAP_MIN ? HEAP_MIN : size > HEAP_MAX ? HEAP_MAX : size;
+}
+
+static void print_banner(size_t heap) {
+    struct mem_stats s;
+    mem_get_stats(&s);
+    printf("cllm %s (MicroPython %s) on i386\n", KERNEL_VERSION, MICROPY_VERSION_STRING);
+    printf("RAM: %u MiB found, %u MiB free at 0x%08x-0x%08x\n", (unsigned)(kernel.ram_bytes / MIB),
+        (unsigned)(s.free / MIB), (unsigned)kernel.free_start, (unsigned)kernel.free_end);
+    printf("cmdline: \"%s\"\n", kernel.cmdline);
+    for (uint32_t i = 0; i < kernel.module_count; i++) {
+        const struct boot_module *m = &kernel.modules[i];
+        printf("module: /%s %u bytes at 0x%08x\n", m->name, (unsigned)m->size, (unsigned)m->data);
+    }
+    printf("clock: %s, cpu: sse2%s, gc heap: %u KiB\n", clock_source(), kernel.avx ? " avx" : "", (unsigned)(heap / 1024));
+    fflush(stdout);
+}
+
+static void mount_boot_modules(void) {
+    mp_obj_t args[2] = {
+        MP_OBJ_TYPE_GET_SLOT(&mp_type_vfs_posix, make_new)(&mp_type_vfs_posix, 0, 0, NULL),
+        MP_OBJ_NEW_QSTR(MP_QSTR__slash_),
+    };
+    mp_vfs_mount(2, args, (mp_map_t *)&mp_const_empty_map);
+    MP_STATE_VM(vfs_cur) = MP_STATE_VM(vfs_mount_table);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    console_init();
+    __asm__ volatile ("sti");
+
+    size_t heap_size = gc_heap_size();
+    void *heap = malloc(heap_size);
+    if (!heap) {
+        printf("cllm: cannot allocate a %u KiB Python heap; try a smaller heap= on the command line\n", (unsigned)(heap_size / 1024));
+        kernel_exit(1);
+    }
+    print_banner(heap_size);
+
+    mp_stack_ctrl_init();
+    mp_stack_set_limit(BOOT_STACK_SIZE - 256 * 1024);
+
+    for (;;) {
+        gc_init(heap, (char *)heap + heap_size);
+        mp_init();
+        mount_boot_modules();
+
+        if (pyexec_frozen_module("main.py", false) & PYEXEC_FORCED_EXIT) {
+            goto soft_reset;
+        }
+        for (;;) {
+            if (pyexec_mode_kind == PYEXEC_MODE_RAW_REPL) {
+                if (pyexec_raw_repl() != 0) {
+                    break;
+                }
+            } else {
+                if (pyexec_friendly_repl() != 0) {
+                    break;
+                }
+            }
+        }
+    soft_reset:
+        mp_printf(&mp_plat_print, "MPY: soft reboot\n");
+        gc_sweep_all();
+        mp_deinit();
+    }
+}
+
+void gc_collect(void) {
+    gc_collect_start();
+    gc_helper_collect_regs_and_stack();
+    gc_collect_end();
+}
+
+void nlr_jump_fail(void *val) {
+    (void)val;
+    panic("uncaught exception outside any NLR handler");
+}
+

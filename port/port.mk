@@ -1,0 +1,93 @@
+# The cllm MicroPython port. Run from the repository root by the top-level Makefile:
+#   make -f port/port.mk MPY_TOP=<unpacked MicroPython> PORT_BUILD=<output folder>
+# Sources are named relative to the repository root (port/..., modules/...).
+
+TOP := $(MPY_TOP)
+BUILD := $(PORT_BUILD)
+
+include $(TOP)/py/mkenv.mk
+
+# MicroPython's rules name mpconfigport.h as if the build ran inside the port folder.
+vpath mpconfigport.h port
+
+# Host gcc in 32-bit mode, through ccache; glibc and libstdc++ come from gcc-multilib.
+CROSS_COMPILE :=
+CC := ccache gcc
+CXX := ccache g++
+NM := nm
+
+QSTR_DEFS = port/qstrdefsport.h
+FROZEN_MANIFEST = $(abspath frozen/manifest.py)
+# Debian's MicroPython repack ships lib/micropython-lib empty; nothing of it is frozen.
+MPY_LIB_DIR = $(abspath .)
+MPY_CROSS_FLAGS = -march=x86
+MICROPY_ROM_TEXT_COMPRESSION = 1
+
+include $(TOP)/py/py.mk
+include $(TOP)/extmod/extmod.mk
+
+ARCH_FLAGS = -m32 -march=i686 -msse2 -mfpmath=sse
+INC += -I. -Iport -I$(TOP) -I$(BUILD)
+CFLAGS += $(INC) $(ARCH_FLAGS) -std=gnu11 -Wall -Werror -O2 -g -DNDEBUG \
+	-fno-omit-frame-pointer -fno-pie -fno-stack-protector -ffunction-sections -fdata-sections
+AFLAGS = $(ARCH_FLAGS)
+
+# The kernel layer runs before glibc is initialised and inside interrupts: no implicit
+# memcpy/memset, no SSE registers (interrupt entry does not save them).
+KERNEL_SRC_C = $(wildcard port/boot/*.c port/drivers/*.c)
+KERNEL_SRC_S = port/boot/entry.S port/boot/traps.S
+KERNEL_OBJ = $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o) $(KERNEL_SRC_S:.S=.o))
+$(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o)): CFLAGS += -ffreestanding -fno-builtin -mgeneral-regs-only
+
+SRC_C += \
+	port/main.c \
+	port/mphalport.c \
+	modules/kernel/modkernel.c \
+	shared/readline/readline.c \
+	shared/runtime/gchelper_generic.c \
+	shared/runtime/pyexec.c \
+	shared/runtime/stdout_helpers.c \
+	shared/timeutils/timeutils.c \
+
+SRC_QSTR += $(SRC_C)
+
+OBJ += $(PY_O)
+OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o))
+OBJ += $(KERNEL_OBJ)
+
+LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
+LIBS = -lm
+
+all: $(BUILD)/cllm.elf
+
+# binutils' own default script for static i386 programs, with the Multiboot header placed
+# right after the program headers: loaders look for it in the first 8 KiB of the file.
+# Linked at 1 MiB: the PC's low memory holds the BIOS data area, VGA memory and ROMs.
+$(BUILD)/kernel.ld: port/port.mk
+	$(ECHO) "GEN $@"
+	$(Q)mkdir -p $(BUILD)
+	$(Q)ld --verbose -m elf_i386 | sed -n '/^=======/,/^=======/p' | sed '1d;$$d' \
+		| sed 's/0x08048000/0x00100000/g' \
+		| sed 's/\(SIZEOF_HEADERS;\)/\1\n  .multiboot : { KEEP (*(.multiboot)) }/' > $@
+	$(Q)grep -q 'KEEP (\*(.multiboot))' $@
+
+# Two links: the second carries the symbol table the panic dump uses for backtraces. It sits
+# in .rodata, after .text, so function addresses cannot move; ksyms.py checks that they did not.
+$(BUILD)/cllm-nosyms.elf: $(OBJ) $(BUILD)/kernel.ld
+	$(ECHO) "LINK $@"
+	$(Q)$(CC) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(LIBS)
+
+$(BUILD)/ksyms.S: $(BUILD)/cllm-nosyms.elf port/ksyms.py
+	$(Q)python3 port/ksyms.py generate $< $@
+
+$(BUILD)/ksyms.o: $(BUILD)/ksyms.S
+	$(Q)$(CC) $(AFLAGS) -c -o $@ $<
+
+$(BUILD)/cllm.elf: $(BUILD)/cllm-nosyms.elf $(BUILD)/ksyms.o
+	$(ECHO) "LINK $@"
+	$(Q)$(CC) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(BUILD)/ksyms.o $(LIBS)
+	$(Q)python3 port/ksyms.py check $(BUILD)/cllm-nosyms.elf $@
+	$(Q)strip -o $(BUILD)/cllm-stripped.elf $@
+	$(Q)echo "kernel: $@ ($$(stat -c %s $(BUILD)/cllm-stripped.elf) bytes stripped)"
+
+include $(TOP)/py/mkrules.mk
