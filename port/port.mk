@@ -7,6 +7,10 @@ BUILD := $(PORT_BUILD)
 
 include $(TOP)/py/mkenv.mk
 
+# The MicroPython tree sits inside this repository's build folder: stop git at its edge, or
+# makeversionhdr.py would report this repository's commit as MicroPython's version.
+export GIT_CEILING_DIRECTORIES := $(abspath $(TOP)/..)
+
 # MicroPython's rules name mpconfigport.h as if the build ran inside the port folder.
 vpath mpconfigport.h port
 

@@ -1,0 +1,91 @@
+# cllm — an LLM server with nothing else on the box. `make help` lists the targets.
+
+BUILD   ?= build
+DEPS    := $(BUILD)/deps
+VENV    := $(BUILD)/venv
+KERNEL  := $(BUILD)/port/cllm.elf
+
+MEM     ?= 512M
+PORT    ?= 8080
+CPU     ?= max
+MODEL   ?= $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+APPEND  ?=
+JOBS    ?= $(shell nproc)
+
+DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# The machine every target boots: TCG (no KVM for i386 guests here), the e1000 on a user-mode
+# network that reaches nothing but the forwarded port, and isa-debug-exit so that the kernel's
+# exit status (and a panic) ends QEMU with status (code << 1) | 1.
+QEMU_ARGS = -machine pc -accel tcg -cpu $(CPU) -m $(MEM) -no-reboot \
+	-device isa-debug-exit,iobase=0xf4,iosize=4 \
+	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0 \
+	-kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
+# Serial console on this terminal, multiplexed with the QEMU monitor: Ctrl-A x quits,
+# Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
+QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
+
+.PHONY: all help setup deps kernel run run-debug test bench clean distclean
+
+all: kernel
+
+help:
+	@echo "cllm — targets:"
+	@echo "  make [kernel]   set up (Debian packages, venv, sources) and build $(KERNEL); prints its stripped size"
+	@echo "  make run        boot the kernel in QEMU, serial console on this terminal (Ctrl-A x quits)"
+	@echo "  make run-debug  as run, but QEMU waits for gdb on :1234 (gdb $(KERNEL) -ex 'target remote :1234')"
+	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
+	@echo "  make bench      boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
+	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
+	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
+	@echo "  make distclean  remove $(BUILD) entirely"
+	@echo "variables: MEM=$(MEM) PORT=$(PORT) (host 127.0.0.1:PORT -> guest :80) CPU=$(CPU)"
+	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
+	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
+
+# --- set-up: each step leaves a stamp, so a second run touches no network -----------------
+$(BUILD)/.sysdeps: deps/sysdeps.sh
+	@mkdir -p $(BUILD)
+	@deps/sysdeps.sh
+	@touch $@
+
+$(VENV)/.stamp: pyproject.toml deps/venv.sh | $(BUILD)/.sysdeps
+	@VENV=$(abspath $(VENV)) deps/venv.sh
+
+$(DEPS)/%/.stamp: deps/lock deps/fetch.sh | $(BUILD)/.sysdeps
+	@DEPS_DIR=$(abspath $(DEPS)) deps/fetch.sh $*
+
+$(DEFAULT_MODEL): $(DEPS)/smollm2/.stamp
+
+setup: $(BUILD)/.sysdeps $(VENV)/.stamp
+	@DEPS_DIR=$(abspath $(DEPS)) deps/fetch.sh --all
+
+deps: setup
+
+# --- the kernel ---------------------------------------------------------------------------
+kernel: $(DEPS)/micropython/.stamp
+	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) PORT_BUILD=$(abspath $(BUILD)/port)
+
+$(KERNEL): kernel
+
+# --- running ------------------------------------------------------------------------------
+run: kernel $(MODEL)
+	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
+	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE)
+
+run-debug: kernel $(MODEL)
+	@echo "QEMU waits for gdb: gdb $(KERNEL) -ex 'target remote :1234'"
+	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE) -s -S
+
+# --- tests and benchmarks -----------------------------------------------------------------
+test: kernel $(VENV)/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
+
+bench: kernel $(VENV)/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
+
+clean:
+	rm -rf $(BUILD)/port
+
+distclean:
+	rm -rf $(BUILD)

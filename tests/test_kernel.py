@@ -1,0 +1,99 @@
+"""The kernel layer seen from Python: boot-module files, memory, clocks, panics."""
+import errno
+import hashlib
+import os
+import re
+import time
+
+import pytest
+
+from qemu import PANIC_STATUS, Guest
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mod") / "blob.bin"
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 123))     # not a multiple of the page size
+    return path
+
+
+@pytest.fixture(scope="module")
+def guest_with_blob(blob):
+    with Guest(modules=[blob]) as g:
+        g.wait_prompt()
+        yield g
+
+
+def test_boot_module_is_a_readable_file(guest_with_blob, blob):
+    g = guest_with_blob
+    data = blob.read_bytes()
+    assert g.eval("__import__('os').listdir('/')") == "['blob.bin']"
+    assert int(g.eval("__import__('os').stat('/blob.bin')[6]")) == len(data)
+    digest = g.eval("__import__('binascii').hexlify(__import__('hashlib').sha256(open('/blob.bin', 'rb').read()).digest())")
+    assert digest == repr(hashlib.sha256(data).hexdigest().encode())
+    out, err = g.raw_exec("f = open('/blob.bin', 'rb')\nf.seek(1000000)\nprint(f.read(8).hex())\n"
+                          "f.seek(-5, 2)\nprint(f.read().hex())\nprint(f.read())\nf.close()")
+    assert err == b""
+    assert out.split() == [data[1000000:1000008].hex().encode(), data[-5:].hex().encode(), b"b''"]
+    path = g.eval("__import__('kernel').modules()[0]")
+    assert path.startswith(f"('/blob.bin', {len(data)}, ")
+
+
+def test_bad_file_operations_raise(guest_with_blob):
+    out, err = guest_with_blob.raw_exec(
+        "for args in (('/missing',), ('/blob.bin', 'w'), ('/new.txt', 'w'), ('/sub/x',)):\n"
+        "    try:\n        open(*args)\n    except OSError as e:\n        print(e.errno)\n")
+    assert err == b""
+    assert [int(n) for n in out.split()] == [errno.ENOENT, errno.EROFS, errno.EROFS, errno.ENOENT]
+
+
+def test_64_mib_malloc_from_c(guest_with_blob):
+    g = guest_with_blob
+    before = int(g.eval("__import__('kernel').mem()['free']"))
+    addr = int(g.eval("__import__('kernel').malloc_check(64 << 20)", timeout=120))
+    after = int(g.eval("__import__('kernel').mem()['free']"))
+    assert addr >= 1 << 20
+    assert after == before                       # munmap gave all of it back
+    out, err = g.raw_exec("try:\n    __import__('kernel').malloc_check(2000 << 20)\nexcept MemoryError as e:\n    print('MemoryError', e)")
+    assert out.startswith(b"MemoryError malloc(")
+
+
+def test_clocks(guest):
+    host = time.time()
+    guest_time = float(guest.eval("__import__('time').time()"))
+    assert abs(guest_time - host) < 5            # the RTC gives the wall clock
+    out, err = guest.raw_exec("import time\nt0 = time.ticks_us()\ntime.sleep_ms(200)\nprint(time.ticks_diff(time.ticks_us(), t0))")
+    assert err == b""
+    assert 195_000 <= int(out) <= 400_000
+    year = int(guest.eval("__import__('time').localtime()[0]"))
+    assert year == time.gmtime().tm_year
+
+
+@pytest.mark.parametrize("kind, name, vector", [
+    ("ud", "invalid opcode", 6),
+    ("de", "divide error", 0),
+    ("gp", "general protection fault", 13),
+])
+def test_cpu_fault_gives_panic_dump(kind, name, vector):
+    with Guest() as g:
+        g.wait_prompt()
+        g.send(f"import kernel; kernel.fault('{kind}')\r".encode())
+        g.expect_exact(b"*** cllm panic: ")
+        dump = g.expect_exact(b"*** end of panic").decode()
+        status = g.wait_exit()
+    assert dump.startswith(f"{name} (vector {vector}, error code 0x")
+    for reg in ("eip", "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eflags", "cr0", "cr2"):
+        assert re.search(rf"{reg}=[0-9a-f]{{8}}", dump), reg
+    if kind == "gp":
+        assert "error code 0x00001234" in dump   # the bad selector the test loaded
+    frames = re.findall(r"^  [0-9a-f]{8}  (\S+)\+0x[0-9a-f]+", dump, re.M)
+    assert frames[0] == "kernel_fault"           # symbolised, starting at the faulting function
+    assert "mp_execute_bytecode" in frames and "pyexec_friendly_repl" in frames
+    assert status == PANIC_STATUS
+
+
+def test_exit_status_reaches_qemu():
+    with Guest() as g:
+        g.wait_prompt()
+        g.send(b"import kernel; kernel.exit(5)\r")
+        assert g.wait_exit() == (5 << 1) | 1
