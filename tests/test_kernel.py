@@ -97,3 +97,11 @@ def test_exit_status_reaches_qemu():
         g.wait_prompt()
         g.send(b"import kernel; kernel.exit(5)\r")
         assert g.wait_exit() == (5 << 1) | 1
+
+
+def test_unknown_syscall_logged_once_and_answered_enosys(guest):
+    # statvfs() becomes statfs64, which the shim does not implement
+    out, err = guest.raw_exec(
+        "import os\nfor _ in range(2):\n    try:\n        os.statvfs('/')\n    except OSError as e:\n        print('errno', e.errno)")
+    assert out.count(b"cllm: unknown syscall 268") == 1
+    assert out.count(f"errno {errno.ENOSYS}".encode()) == 2

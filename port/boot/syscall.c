@@ -186,6 +186,7 @@ static long sys_nosys_quiet(ARGS) { UNUSED_ARGS; return -ENOSYS; } // known, del
 static long sys_enoent(ARGS) { UNUSED_ARGS; return -ENOENT; }
 static long sys_erofs(ARGS) { UNUSED_ARGS; return -EROFS; }
 static long sys_one(ARGS) { UNUSED_ARGS; return 1; }            // pid, tid: there is one of each
+static long sys_eagain(ARGS) { UNUSED_ARGS; return -EAGAIN; }   // no second thread: pthread_create fails cleanly
 
 static long sys_set_thread_area(ARGS) { UNUSED_ARGS; return gdt_set_tls((struct user_desc *)a1); }
 
@@ -389,6 +390,7 @@ static long sys_tgkill(ARGS) {
     X(85, readlink, sys_enoent) \
     X(91, munmap, sys_munmap) \
     X(118, fsync, sys_zero) \
+    X(120, clone, sys_eagain) \
     X(122, uname, sys_uname) \
     X(125, mprotect, sys_zero) \
     X(140, _llseek, sys_llseek) \
@@ -440,6 +442,7 @@ static long sys_tgkill(ARGS) {
     X(406, clock_getres_time64, sys_clock_getres64) \
     X(407, clock_nanosleep_time64, sys_clock_nanosleep64) \
     X(414, ppoll_time64, sys_ppoll_time64) \
+    X(435, clone3, sys_nosys_quiet) \
     X(439, faccessat2, sys_faccessat)
 
 #define NR_MAX 512
