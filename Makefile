@@ -66,8 +66,9 @@ setup: $(BUILD)/.sysdeps $(VENV)/.stamp
 deps: setup
 
 # --- the kernel ---------------------------------------------------------------------------
-kernel: $(DEPS)/micropython/.stamp
-	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) PORT_BUILD=$(abspath $(BUILD)/port)
+kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp
+	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) \
+		ULAB_TOP=$(abspath $(DEPS)/ulab) PORT_BUILD=$(abspath $(BUILD)/port)
 
 $(KERNEL): kernel
 

@@ -241,7 +241,7 @@ unpack() {
 			die "$n: could not read $(rel "$dl/$file"); delete it and fetch again"
 		[[ -n $tops && $tops != *$'\n'* ]] ||
 			die "$n: $file has no single top-level folder to strip (has: ${tops//$'\n'/ })"
-		tar -xf "$dl/$file" -C "$tmp" --strip-components=1 --no-same-owner ||
+		tar -xf "$dl/$file" -C "$tmp" --strip-components=1 --no-same-owner --touch ||
 			die "$n: could not unpack $(rel "$dl/$file"); delete it and fetch again"
 		;;
 	*) die "$n: do not know how to unpack $file" ;;

@@ -1,5 +1,5 @@
 # The cllm MicroPython port. Run from the repository root by the top-level Makefile:
-#   make -f port/port.mk MPY_TOP=<unpacked MicroPython> PORT_BUILD=<output folder>
+#   make -f port/port.mk MPY_TOP=<unpacked MicroPython> ULAB_TOP=<unpacked ulab> PORT_BUILD=<output folder>
 # Sources are named relative to the repository root (port/..., modules/...).
 
 TOP := $(MPY_TOP)
@@ -26,6 +26,10 @@ FROZEN_MANIFEST = $(abspath frozen/manifest.py)
 MPY_LIB_DIR = $(abspath .)
 MPY_CROSS_FLAGS = -march=x86
 MICROPY_ROM_TEXT_COMPRESSION = 1
+
+# ulab (numpy for MicroPython, from ../shared/deps) as a user C module: MicroPython scans
+# $(ULAB_TOP)/*/micropython.mk, i.e. ulab's code/micropython.mk.
+USER_C_MODULES = $(ULAB_TOP)
 
 include $(TOP)/py/py.mk
 include $(TOP)/extmod/extmod.mk
