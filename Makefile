@@ -66,9 +66,18 @@ setup: $(BUILD)/.sysdeps $(VENV)/.stamp
 deps: setup
 
 # --- the kernel ---------------------------------------------------------------------------
-kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp
+LLAMA_SRC   := $(DEPS)/llama-cpp-python/vendor/llama.cpp
+LLAMA_BUILD := $(BUILD)/llama/sse2
+
+# ggml + libllama as static i386 archives (and the same build's llama-simple/-tokenize/-bench)
+$(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
+	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) sse2
+	@touch $@
+
+kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(LLAMA_BUILD)/.stamp
 	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) \
-		ULAB_TOP=$(abspath $(DEPS)/ulab) PORT_BUILD=$(abspath $(BUILD)/port)
+		ULAB_TOP=$(abspath $(DEPS)/ulab) LLAMA_SRC=$(abspath $(LLAMA_SRC)) LLAMA_BUILD=$(abspath $(LLAMA_BUILD)) \
+		PORT_BUILD=$(abspath $(BUILD)/port)
 
 $(KERNEL): kernel
 

@@ -1,5 +1,6 @@
 # The cllm MicroPython port. Run from the repository root by the top-level Makefile:
-#   make -f port/port.mk MPY_TOP=<unpacked MicroPython> ULAB_TOP=<unpacked ulab> PORT_BUILD=<output folder>
+#   make -f port/port.mk MPY_TOP=<unpacked MicroPython> ULAB_TOP=<unpacked ulab> \
+#       LLAMA_SRC=<vendor/llama.cpp> LLAMA_BUILD=<its static i386 build> PORT_BUILD=<output folder>
 # Sources are named relative to the repository root (port/..., modules/...).
 
 TOP := $(MPY_TOP)
@@ -57,14 +58,22 @@ SRC_C += \
 	shared/runtime/stdout_helpers.c \
 	shared/timeutils/timeutils.c \
 
-SRC_QSTR += $(SRC_C)
+# llama.cpp inside: the llm module (C tables + C++ glue) against ggml and libllama, built as
+# static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC).
+SRC_C += modules/llm/modllm.c
+SRC_CXX += modules/llm/llm.cpp
+INC += -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(ULAB_TOP)/code
+CXXFLAGS += $(filter-out -std=gnu11,$(CFLAGS)) -std=gnu++17 -fexceptions
+LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, src/libllama.a ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
+
+SRC_QSTR += $(SRC_C) $(SRC_CXX)
 
 OBJ += $(PY_O)
-OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o))
+OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o) $(SRC_CXX:.cpp=.o))
 OBJ += $(KERNEL_OBJ)
 
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
-LIBS = -lm
+LIBS = $(LLAMA_LIBS) -lstdc++ -lm
 
 all: $(BUILD)/cllm.elf
 
@@ -81,9 +90,9 @@ $(BUILD)/kernel.ld: port/port.mk
 
 # Two links: the second carries the symbol table the panic dump uses for backtraces. It sits
 # in .rodata, after .text, so function addresses cannot move; ksyms.py checks that they did not.
-$(BUILD)/cllm-nosyms.elf: $(OBJ) $(BUILD)/kernel.ld
+$(BUILD)/cllm-nosyms.elf: $(OBJ) $(BUILD)/kernel.ld $(LLAMA_LIBS)
 	$(ECHO) "LINK $@"
-	$(Q)$(CC) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(LIBS)
+	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(LIBS)
 
 $(BUILD)/ksyms.S: $(BUILD)/cllm-nosyms.elf port/ksyms.py
 	$(Q)python3 port/ksyms.py generate $< $@
@@ -93,7 +102,7 @@ $(BUILD)/ksyms.o: $(BUILD)/ksyms.S
 
 $(BUILD)/cllm.elf: $(BUILD)/cllm-nosyms.elf $(BUILD)/ksyms.o
 	$(ECHO) "LINK $@"
-	$(Q)$(CC) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(BUILD)/ksyms.o $(LIBS)
+	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(BUILD)/ksyms.o $(LIBS)
 	$(Q)python3 port/ksyms.py check $(BUILD)/cllm-nosyms.elf $@
 	$(Q)strip -o $(BUILD)/cllm-stripped.elf $@
 	$(Q)echo "kernel: $@ ($$(stat -c %s $(BUILD)/cllm-stripped.elf) bytes stripped)"

@@ -349,6 +349,21 @@ static long sys_nanosleep32(ARGS) {
     return 0;
 }
 
+static long sys_sysinfo(ARGS) {
+    UNUSED_ARGS;
+    struct mem_stats st;
+    mem_get_stats(&st);
+    u32 *info = (u32 *)a1;              // struct sysinfo (i386): 64 bytes
+    for (int i = 0; i < 16; i++) {
+        info[i] = 0;
+    }
+    info[0] = (u32)(clock_ns() / 1000000000u);     // uptime
+    info[4] = kernel.ram_bytes;                     // totalram
+    info[5] = st.free;                              // freeram
+    info[13] = 1;                                   // mem_unit
+    return 0;
+}
+
 static long sys_sched_getaffinity(ARGS) {
     UNUSED_ARGS;
     if (a2 < 4) {
@@ -389,6 +404,7 @@ static long sys_tgkill(ARGS) {
     X(78, gettimeofday, sys_gettimeofday) \
     X(85, readlink, sys_enoent) \
     X(91, munmap, sys_munmap) \
+    X(116, sysinfo, sys_sysinfo) \
     X(118, fsync, sys_zero) \
     X(120, clone, sys_eagain) \
     X(122, uname, sys_uname) \
@@ -420,12 +436,14 @@ static long sys_tgkill(ARGS) {
     X(240, futex, sys_futex) \
     X(242, sched_getaffinity, sys_sched_getaffinity) \
     X(243, set_thread_area, sys_set_thread_area) \
+    X(250, fadvise64, sys_zero) \
     X(252, exit_group, sys_exit_group) \
     X(258, set_tid_address, sys_one) \
     X(265, clock_gettime, sys_clock_gettime32) \
     X(266, clock_getres, sys_clock_getres) \
     X(267, clock_nanosleep, sys_clock_nanosleep32) \
     X(270, tgkill, sys_tgkill) \
+    X(272, fadvise64_64, sys_zero) \
     X(295, openat, sys_openat) \
     X(296, mkdirat, sys_erofs) \
     X(300, fstatat64, sys_fstatat64) \

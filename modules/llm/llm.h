@@ -1,0 +1,74 @@
+// The llm module's objects and the C++ functions behind them (llm.cpp); modllm.c holds the
+// MicroPython type and module tables, which C++ cannot spell.
+#pragma once
+#include <stdbool.h>
+#include "py/obj.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct llama_model;
+struct llama_context;
+struct llama_vocab;
+struct llama_sampler;
+
+typedef struct {
+    mp_obj_base_t base;
+    struct llama_model *model;
+    struct llama_context *ctx;
+    const struct llama_vocab *vocab;
+    int n_ctx, n_batch, n_seq;
+    int *logits_index;      // per sequence: batch index of its logits in the last decode, or -1
+    void *batch;            // struct llama_batch, n_batch tokens
+} llm_model_obj_t;
+
+typedef struct {
+    mp_obj_base_t base;
+    struct llama_sampler *chain;
+    llm_model_obj_t *model;
+} llm_sampler_obj_t;
+
+typedef struct {
+    mp_obj_base_t base;
+    llm_model_obj_t *model;
+    llm_sampler_obj_t *sampler;
+    mp_obj_t prompt;        // list of token ids still to decode, or None once decoded
+    int seq;
+    int remaining;          // tokens still allowed
+    int pending;            // the token yielded last, to decode before sampling the next; -1 none
+} llm_generator_obj_t;
+
+extern const mp_obj_type_t llm_model_type;
+extern const mp_obj_type_t llm_sampler_type;
+extern const mp_obj_type_t llm_generator_type;
+
+mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);
+mp_obj_t llm_model_close(mp_obj_t self);
+mp_obj_t llm_model_meta(mp_obj_t self);
+mp_obj_t llm_model_tokenize(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_detokenize(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_token_to_piece(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_is_eog(mp_obj_t self, mp_obj_t token);
+mp_obj_t llm_model_apply_chat_template(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_decode_batch(mp_obj_t self, mp_obj_t items);
+mp_obj_t llm_model_logits(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_model_seq_pos(mp_obj_t self, mp_obj_t seq);
+mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+
+mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);
+mp_obj_t llm_sampler_sample(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_sampler_accept(mp_obj_t self, mp_obj_t token);
+mp_obj_t llm_sampler_reset(mp_obj_t self);
+mp_obj_t llm_sampler_close(mp_obj_t self);
+
+mp_obj_t llm_generator_iternext(mp_obj_t self);
+
+mp_obj_t llm_verbose(mp_obj_t on);
+mp_obj_t llm_system_info(void);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,106 @@
+// llm: llama.cpp inside the kernel. The tables here are the module's whole Python API; the
+// functions live in llm.cpp.
+//
+//   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1)
+//   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
+//   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
+//   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
+//   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
+//   s = llm.Sampler(m, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
+//                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
+//   s.sample(seq_id=0) s.accept(t) s.reset()
+#include "py/runtime.h"
+#include "ndarray.h"
+#include "llm.h"
+
+// float32 logits as a ulab float64 array, converted here rather than element by element in Python
+mp_obj_t llm_floats_to_ndarray(const float *values, size_t n) {
+    ndarray_obj_t *array = ndarray_new_linear_array(n, NDARRAY_FLOAT);
+    mp_float_t *out = (mp_float_t *)array->array;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = (mp_float_t)values[i];
+    }
+    return MP_OBJ_FROM_PTR(array);
+}
+
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_model_close_obj, llm_model_close);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_model_meta_obj, llm_model_meta);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_tokenize_obj, 2, llm_model_tokenize);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_detokenize_obj, 2, llm_model_detokenize);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_token_to_piece_obj, 2, llm_model_token_to_piece);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_is_eog_obj, llm_model_is_eog);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_apply_chat_template_obj, 2, llm_model_apply_chat_template);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_decode_obj, 2, llm_model_decode);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_decode_batch_obj, llm_model_decode_batch);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_logits_obj, 1, 2, llm_model_logits);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_seq_pos_obj, llm_model_seq_pos);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_kv_remove_obj, 1, 4, llm_model_kv_remove);
+static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_generate_obj, 3, llm_model_generate);
+
+static const mp_rom_map_elem_t llm_model_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_model_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&llm_model_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_meta), MP_ROM_PTR(&llm_model_meta_obj) },
+    { MP_ROM_QSTR(MP_QSTR_tokenize), MP_ROM_PTR(&llm_model_tokenize_obj) },
+    { MP_ROM_QSTR(MP_QSTR_detokenize), MP_ROM_PTR(&llm_model_detokenize_obj) },
+    { MP_ROM_QSTR(MP_QSTR_token_to_piece), MP_ROM_PTR(&llm_model_token_to_piece_obj) },
+    { MP_ROM_QSTR(MP_QSTR_is_eog), MP_ROM_PTR(&llm_model_is_eog_obj) },
+    { MP_ROM_QSTR(MP_QSTR_apply_chat_template), MP_ROM_PTR(&llm_model_apply_chat_template_obj) },
+    { MP_ROM_QSTR(MP_QSTR_decode), MP_ROM_PTR(&llm_model_decode_obj) },
+    { MP_ROM_QSTR(MP_QSTR_decode_batch), MP_ROM_PTR(&llm_model_decode_batch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&llm_model_logits_obj) },
+    { MP_ROM_QSTR(MP_QSTR_seq_pos), MP_ROM_PTR(&llm_model_seq_pos_obj) },
+    { MP_ROM_QSTR(MP_QSTR_kv_remove), MP_ROM_PTR(&llm_model_kv_remove_obj) },
+    { MP_ROM_QSTR(MP_QSTR_generate), MP_ROM_PTR(&llm_model_generate_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_model_locals, llm_model_locals_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_model_type, MP_QSTR_Model, MP_TYPE_FLAG_NONE,
+    make_new, llm_model_make_new,
+    locals_dict, &llm_model_locals
+    );
+
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_sampler_sample_obj, 1, 2, llm_sampler_sample);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_sampler_accept_obj, llm_sampler_accept);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_sampler_reset_obj, llm_sampler_reset);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_sampler_close_obj, llm_sampler_close);
+
+static const mp_rom_map_elem_t llm_sampler_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_sampler_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&llm_sampler_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_sample), MP_ROM_PTR(&llm_sampler_sample_obj) },
+    { MP_ROM_QSTR(MP_QSTR_accept), MP_ROM_PTR(&llm_sampler_accept_obj) },
+    { MP_ROM_QSTR(MP_QSTR_reset), MP_ROM_PTR(&llm_sampler_reset_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_sampler_locals, llm_sampler_locals_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_sampler_type, MP_QSTR_Sampler, MP_TYPE_FLAG_NONE,
+    make_new, llm_sampler_make_new,
+    locals_dict, &llm_sampler_locals
+    );
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_generator_type, MP_QSTR_Generator, MP_TYPE_FLAG_ITER_IS_ITERNEXT,
+    iter, llm_generator_iternext
+    );
+
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_verbose_obj, llm_verbose);
+static MP_DEFINE_CONST_FUN_OBJ_0(llm_system_info_obj, llm_system_info);
+
+static const mp_rom_map_elem_t llm_module_globals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_llm) },
+    { MP_ROM_QSTR(MP_QSTR_Model), MP_ROM_PTR(&llm_model_type) },
+    { MP_ROM_QSTR(MP_QSTR_Sampler), MP_ROM_PTR(&llm_sampler_type) },
+    { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
+    { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_module_globals, llm_module_globals_table);
+
+const mp_obj_module_t mp_module_llm = {
+    .base = { &mp_type_module },
+    .globals = (mp_obj_dict_t *)&llm_module_globals,
+};
+
+MP_REGISTER_MODULE(MP_QSTR_llm, mp_module_llm);
