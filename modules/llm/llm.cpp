@@ -30,7 +30,7 @@ mp_obj_t llm_floats_to_ndarray(const float *values, size_t n);
 
 static char cpp_error[256];     // what the last failed guarded() call threw
 static char log_error[512];     // the latest ERROR line llama.cpp logged
-static bool verbose;            // print llama.cpp's INFO lines too
+static bool verbose;            // print llama.cpp's log on the console
 
 template <typename F>
 static bool guarded(F body) {
@@ -56,11 +56,9 @@ static bool guarded(F body) {
 
 #define GUARD(...) do { if (!guarded([&] { __VA_ARGS__; })) raise_cpp_error(); } while (0)
 
+// llama.cpp's log goes to the console only with llm.verbose(True): its errors come back as
+// exception messages, and its warnings would interleave with the program's own output.
 static void log_callback(enum ggml_log_level level, const char *text, void *) {
-    static enum ggml_log_level last = GGML_LOG_LEVEL_INFO;
-    if (level != GGML_LOG_LEVEL_CONT) {
-        last = level;
-    }
     if (level == GGML_LOG_LEVEL_ERROR) {
         snprintf(log_error, sizeof(log_error), "%s", text);
         size_t n = strlen(log_error);
@@ -68,7 +66,7 @@ static void log_callback(enum ggml_log_level level, const char *text, void *) {
             log_error[--n] = 0;
         }
     }
-    if (verbose || last >= GGML_LOG_LEVEL_WARN) {
+    if (verbose) {
         fputs(text, stderr);
     }
 }
@@ -105,8 +103,17 @@ mp_obj_t llm_system_info(void) {
 
 static llm_model_obj_t *open_model(mp_obj_t self_in) {
     llm_model_obj_t *self = (llm_model_obj_t *)MP_OBJ_TO_PTR(self_in);
-    if (!self->ctx) {
+    if (!self->model) {
         mp_raise_ValueError(MP_ERROR_TEXT("model is closed"));
+    }
+    return self;
+}
+
+// Decoding needs the context, which a vocab_only model does not have.
+static llm_model_obj_t *open_context(mp_obj_t self_in) {
+    llm_model_obj_t *self = open_model(self_in);
+    if (!self->ctx) {
+        mp_raise_ValueError(MP_ERROR_TEXT("a vocab_only model cannot decode"));
     }
     return self;
 }
@@ -135,15 +142,16 @@ mp_obj_t llm_model_close(mp_obj_t self_in) {
     return mp_const_none;
 }
 
-// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1)
+// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1, vocab_only=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads };
+    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_vocab_only };
     static const mp_arg_t allowed[] = {
         { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
         { MP_QSTR_n_batch, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 512} },
         { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
         { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 1} },
+        { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed), allowed, args);
@@ -168,12 +176,17 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
 
     llama_model_params mparams = llama_model_default_params();
     mparams.load_mode = LLAMA_LOAD_MODE_MMAP;   // a boot module: mmap hands out its own memory
+    mparams.vocab_only = args[ARG_vocab_only].u_bool;
     GUARD(self->model = llama_model_load_from_file(path, mparams));
     if (!self->model) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("cannot load %s: %s"), path,
             log_error[0] ? log_error : "not a usable GGUF model");
     }
     self->vocab = llama_model_get_vocab(self->model);
+    self->n_ctx = self->n_batch = self->n_seq = 0;
+    if (mparams.vocab_only) {
+        return MP_OBJ_FROM_PTR(self);
+    }
 
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = n_ctx;
@@ -512,7 +525,7 @@ mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
     mp_arg_parse_all(n_args, pos_args, kw_args, MP_ARRAY_SIZE(allowed), allowed, args);
-    llm_model_obj_t *self = open_model(args[ARG_self].u_obj);
+    llm_model_obj_t *self = open_context(args[ARG_self].u_obj);
     decode_item item;
     item.seq = seq_arg(self, MP_OBJ_NEW_SMALL_INT(args[ARG_seq_id].u_int));
     item.tokens = tokens_arg(self, args[ARG_tokens].u_obj, &item.n);
@@ -522,7 +535,7 @@ mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_
 
 // decode_batch([(seq_id, tokens), ...]): several sequences advanced by one llama_decode
 mp_obj_t llm_model_decode_batch(mp_obj_t self_in, mp_obj_t items_in) {
-    llm_model_obj_t *self = open_model(self_in);
+    llm_model_obj_t *self = open_context(self_in);
     size_t n;
     mp_obj_t *pairs;
     mp_obj_get_array(items_in, &n, &pairs);
@@ -547,7 +560,7 @@ static int logits_index(llm_model_obj_t *m, int seq) {
 
 // logits(seq_id=0) -> ulab float array of n_vocab: the last decoded position's logits
 mp_obj_t llm_model_logits(size_t n_args, const mp_obj_t *args) {
-    llm_model_obj_t *self = open_model(args[0]);
+    llm_model_obj_t *self = open_context(args[0]);
     int seq = seq_arg(self, n_args > 1 ? args[1] : MP_OBJ_NEW_SMALL_INT(0));
     float *logits = nullptr;
     GUARD(logits = llama_get_logits_ith(self->ctx, logits_index(self, seq)));
@@ -559,13 +572,13 @@ mp_obj_t llm_model_logits(size_t n_args, const mp_obj_t *args) {
 
 // seq_pos(seq_id) -> the next position of a sequence (= tokens it holds in the KV cache)
 mp_obj_t llm_model_seq_pos(mp_obj_t self_in, mp_obj_t seq) {
-    llm_model_obj_t *self = open_model(self_in);
+    llm_model_obj_t *self = open_context(self_in);
     return MP_OBJ_NEW_SMALL_INT(next_pos(self, seq_arg(self, seq)));
 }
 
 // kv_remove(seq_id=-1, p0=0, p1=-1): drop positions [p0, p1) of a sequence (-1: all sequences / to the end)
 mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args) {
-    llm_model_obj_t *self = open_model(args[0]);
+    llm_model_obj_t *self = open_context(args[0]);
     mp_int_t seq = n_args > 1 ? mp_obj_get_int(args[1]) : -1;
     if (seq != -1) {
         seq_arg(self, args[1]);
@@ -614,7 +627,7 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     if (!mp_obj_is_type(args[ARG_model].u_obj, &llm_model_type)) {
         mp_raise_TypeError(MP_ERROR_TEXT("first argument must be an llm.Model"));
     }
-    llm_model_obj_t *m = open_model(args[ARG_model].u_obj);
+    llm_model_obj_t *m = open_context(args[ARG_model].u_obj);
     auto real = [&](int i, float dflt) {
         return args[i].u_obj == MP_OBJ_NULL ? dflt : (float)mp_obj_get_float(args[i].u_obj);
     };
@@ -695,7 +708,7 @@ static llm_sampler_obj_t *open_sampler(mp_obj_t self_in) {
     if (!self->chain) {
         mp_raise_ValueError(MP_ERROR_TEXT("sampler is closed"));
     }
-    open_model(MP_OBJ_FROM_PTR(self->model));
+    open_context(MP_OBJ_FROM_PTR(self->model));
     return self;
 }
 
@@ -756,7 +769,7 @@ mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *pos_args, mp_map_t *k
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
     mp_arg_parse_all(n_args, pos_args, kw_args, MP_ARRAY_SIZE(allowed), allowed, args);
-    llm_model_obj_t *m = open_model(args[ARG_self].u_obj);
+    llm_model_obj_t *m = open_context(args[ARG_self].u_obj);
     if (!mp_obj_is_type(args[ARG_sampler].u_obj, &llm_sampler_type)) {
         mp_raise_TypeError(MP_ERROR_TEXT("sampler must be an llm.Sampler"));
     }
@@ -791,7 +804,7 @@ mp_obj_t llm_generator_iternext(mp_obj_t self_in) {
     if (g->remaining <= 0) {
         return MP_OBJ_STOP_ITERATION;
     }
-    llm_model_obj_t *m = open_model(MP_OBJ_FROM_PTR(g->model));
+    llm_model_obj_t *m = open_context(MP_OBJ_FROM_PTR(g->model));
     decode_item item;
     item.seq = g->seq;
     if (g->prompt != mp_const_none) {
