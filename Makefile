@@ -25,7 +25,7 @@ QEMU_ARGS = -machine pc -accel tcg -cpu $(CPU) -m $(MEM) -no-reboot \
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
 QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
 
-.PHONY: all help setup deps kernel run run-debug test bench clean distclean
+.PHONY: all help setup deps kernel run run-debug test bench bench-llm clean distclean
 
 all: kernel
 
@@ -36,6 +36,7 @@ help:
 	@echo "  make run-debug  as run, but QEMU waits for gdb on :1234 (gdb $(KERNEL) -ex 'target remote :1234')"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
 	@echo "  make bench      boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
+	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
 	@echo "  make distclean  remove $(BUILD) entirely"
@@ -67,11 +68,12 @@ deps: setup
 
 # --- the kernel ---------------------------------------------------------------------------
 LLAMA_SRC   := $(DEPS)/llama-cpp-python/vendor/llama.cpp
-LLAMA_BUILD := $(BUILD)/llama/sse2
+LLAMA_BUILD := $(BUILD)/llama
 
-# ggml + libllama as static i386 archives (and the same build's llama-simple/-tokenize/-bench)
+# ggml + libllama as static i386 archives with SSE2 and AVX2 CPU backends (and the SSE2 build's
+# llama-simple/-tokenize/-bench for tests and benchmarks)
 $(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
-	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) sse2
+	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 
 kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(LLAMA_BUILD)/.stamp
@@ -98,6 +100,9 @@ test: kernel $(VENV)/.stamp
 
 bench: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
+
+bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py
 
 clean:
 	rm -rf $(BUILD)/port

@@ -5,7 +5,8 @@ set -euo pipefail
 
 # gcc/g++-multilib: the i386 kernel build; qemu-system-x86: running it; ccache, make, cmake: building;
 # xz-utils: unpacking the Debian .orig.tar.xz sources; debian-archive-keyring: deps/fetch.sh's apt-src.
-packages=(gcc-multilib g++-multilib qemu-system-x86 ccache xz-utils make cmake debian-archive-keyring)
+# qemu-user: bench/llm.py runs the same llama.cpp build under qemu-i386 as the emulator's ceiling.
+packages=(gcc-multilib g++-multilib qemu-system-x86 qemu-user ccache xz-utils make cmake debian-archive-keyring)
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Build ggml (CPU backend) and libllama from the pinned sdist's vendor/llama.cpp as static i386
-# archives for the kernel, plus the same build's host tools (llama-simple, llama-tokenize,
-# llama-bench) that tests and benchmarks compare against.
+# Build llama.cpp from the pinned sdist's vendor/llama.cpp for the kernel: static i386 archives of
+# libllama and ggml with two CPU backends, plus the host tools tests and benchmarks compare against.
 #
-#   port/build-llama.sh SRC OUT VARIANT
+#   port/build-llama.sh SRC OUT
 #
-# VARIANT picks the ggml CPU kernels: sse2 (every GGML_<SIMD> option off, -msse2 -mfpmath=sse:
-# the fastest under QEMU's TCG) or avx2 (AVX2+FMA+F16C: the fastest on real hardware).
+# OUT/sse2  the whole build with every GGML_<SIMD> option off and -msse2 -mfpmath=sse (the fastest
+#           under QEMU's TCG), and its llama-simple, llama-tokenize and llama-bench
+# OUT/avx2  only ggml's CPU backend, with AVX2+FMA+F16C (the fastest on real hardware)
+# OUT/libggml-cpu-sse2.a, OUT/libggml-cpu-avx2.a
+#           the two CPU backends with every symbol they define prefixed (sse2_..., avx2_...), so one
+#           static image holds both; modules/llm/cpu_variant.c picks one at boot
 set -euo pipefail
-src=$1 out=$2 variant=$3
+src=$1 out=$2
 
 common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGGML_NATIVE=OFF
         -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_BACKEND_DL=OFF -DGGML_BMI2=OFF
@@ -16,20 +19,44 @@ common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGG
         -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_CCACHE=ON
         -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++
         -DCMAKE_EXE_LINKER_FLAGS="-m32 -static -no-pie")
-case $variant in
-    sse2) simd=(-DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF) ;;
-    avx2) simd=(-DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON) ;;
-    *) echo "build-llama: unknown variant $variant (sse2 or avx2)" >&2; exit 1 ;;
-esac
 flags="-m32 -msse2 -mfpmath=sse -fno-pie -fno-omit-frame-pointer"
 
-mkdir -p "$out"
-echo "llama.cpp ($variant): configuring in $out"
-cmake -S "$src" -B "$out" "${common[@]}" "${simd[@]}" \
-    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" > "$out/configure.log" 2>&1 \
-    || { echo "build-llama: cmake configure failed; see $out/configure.log" >&2; exit 1; }
-echo "llama.cpp ($variant): building (first build takes minutes; progress in percent)"
-cmake --build "$out" -j "${JOBS:-$(nproc)}" --target llama ggml llama-simple llama-tokenize llama-bench 2>&1 \
-    | tee "$out/build.log" | grep --line-buffered -o '^\[ *[0-9]*%\]' | uniq | tr '\n' ' '
-echo
-test "${PIPESTATUS[0]}" -eq 0 || { echo "build-llama: build failed; see $out/build.log" >&2; exit 1; }
+build() {   # variant targets... -- cmake options...
+    local variant=$1; shift
+    local targets=()
+    while [[ $1 != -- ]]; do targets+=("$1"); shift; done
+    shift
+    mkdir -p "$out/$variant"
+    echo "llama.cpp ($variant): configuring in $out/$variant"
+    cmake -S "$src" -B "$out/$variant" "${common[@]}" "$@" \
+        -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" > "$out/$variant/configure.log" 2>&1 \
+        || { echo "build-llama: cmake configure failed; see $out/$variant/configure.log" >&2; exit 1; }
+    echo "llama.cpp ($variant): building ${targets[*]} (the first build takes minutes)"
+    local step=0
+    cmake --build "$out/$variant" -j "${JOBS:-$(nproc)}" --target "${targets[@]}" > "$out/$variant/build.log" 2>&1 &
+    local pid=$!
+    while kill -0 $pid 2>/dev/null; do      # progress: objects compiled so far
+        sleep 10
+        step=$((step + 10))
+        printf '  %3ds: %s objects\n' $step "$(grep -c 'Building' "$out/$variant/build.log" || true)"
+    done
+    wait $pid || { echo "build-llama: build failed; see $out/$variant/build.log" >&2; exit 1; }
+}
+
+# libggml-cpu.a with every symbol it defines renamed to variant_symbol. The names of its COMDAT
+# groups too: inline functions and constructors live in groups the linker keeps once per name, so
+# a group still named as in the other variant would be thrown away and its symbols end up at 0.
+prefixed() {    # variant
+    local lib=$out/$1/ggml/src/libggml-cpu.a
+    { nm -g --defined-only "$lib" | awk 'NF == 3 && $2 ~ /[A-Z]/ { print $3 }'
+      readelf -gW "$lib" | sed -n "s/^COMDAT group section \[ *[0-9]*\] \`[^']*' \[\(.*\)\].*/\1/p"
+    } | sort -u | awk -v p="$1_" '{ print $1, p $1 }' > "$out/$1/prefix.map"
+    objcopy --redefine-syms="$out/$1/prefix.map" "$lib" "$out/libggml-cpu-$1.a"
+}
+
+build sse2 llama ggml llama-simple llama-tokenize llama-bench -- \
+    -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF
+build avx2 ggml-cpu -- -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+prefixed sse2
+prefixed avx2
+echo "llama.cpp: $out/libggml-cpu-sse2.a and $out/libggml-cpu-avx2.a ready"

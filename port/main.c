@@ -16,6 +16,7 @@
 #include "port/boot/panic.h"
 #include "port/drivers/console.h"
 #include "port/drivers/clock.h"
+#include "modules/llm/llm.h"
 
 #define MIB (1024u * 1024u)
 #define HEAP_MIN (2 * MIB)
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
         kernel_exit(1);
     }
     print_banner(heap_size);
+    llm_cpu_variant_select();
 
     mp_stack_ctrl_init();
     mp_stack_set_limit(BOOT_STACK_SIZE - 256 * 1024);

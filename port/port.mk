@@ -59,12 +59,14 @@ SRC_C += \
 	shared/timeutils/timeutils.c \
 
 # llama.cpp inside: the llm module (C tables + C++ glue) against ggml and libllama, built as
-# static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC).
-SRC_C += modules/llm/modllm.c
+# static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC), with two
+# CPU backends (SSE2 and AVX2) of which modules/llm/cpu_variant.c picks one at boot.
+SRC_C += modules/llm/modllm.c modules/llm/cpu_variant.c
 SRC_CXX += modules/llm/llm.cpp
 INC += -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(ULAB_TOP)/code
 CXXFLAGS += $(filter-out -std=gnu11,$(CFLAGS)) -std=gnu++17 -fexceptions
-LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, src/libllama.a ggml/src/libggml.a ggml/src/libggml-cpu.a ggml/src/libggml-base.a)
+LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, sse2/src/libllama.a sse2/ggml/src/libggml.a \
+	libggml-cpu-sse2.a libggml-cpu-avx2.a sse2/ggml/src/libggml-base.a)
 
 SRC_QSTR += $(SRC_C) $(SRC_CXX)
 
@@ -74,6 +76,9 @@ OBJ += $(KERNEL_OBJ)
 
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
 LIBS = $(LLAMA_LIBS) -lstdc++ -lm
+# extmod/modlwip.c sets err and recv callbacks on listening pcbs too, which lwIP 2.2 asserts
+# against and which write past the smaller listen pcb: route its calls through port/lwip/net.c.
+LDFLAGS += -Wl,--wrap=tcp_err -Wl,--wrap=tcp_recv
 
 all: $(BUILD)/cllm.elf
 

@@ -278,3 +278,23 @@ print(list(np.log(sm)))
     # MicroPython prints 16 significant digits, so values come back within ~1e-15 relative
     np.testing.assert_allclose([float(mx), float(total), float(mean), float(std)], [x.max(), x.sum(), x.mean(), x.std()], rtol=1e-12)
     np.testing.assert_allclose(ast.literal_eval(out[3]), np.log(sm), rtol=1e-10)          # log-probs
+
+
+def test_cpu_kernels_chosen_at_boot_and_overridable(models):
+    with Guest(mem="512M") as guest:
+        log = guest.wait_prompt().decode()
+        # measured, not read from CPUID: under TCG the SSE2 kernels win although -cpu max has AVX2
+        assert "ggml: CPU kernels sse2 (32 Q4_1 dot products of 2048: sse2 " in log
+        assert guest.eval("__import__('llm').cpu_variant()") == "'sse2'"
+    with Guest(modules=[models["tiny"]], mem="512M", append="ggml=avx2", timeout=300) as guest:
+        log = guest.wait_prompt().decode()
+        assert "ggml: CPU kernels avx2, as the command line asks" in log
+        out = run(guest, """
+import llm
+from ulab import numpy as np
+m = llm.Model('/tiny.gguf', n_ctx=64)
+toks = list(m.generate(m.tokenize('Hello'), llm.Sampler(m, temperature=0), max_tokens=4))
+m.kv_remove(); m.decode(m.tokenize('Hello'))
+print(llm.cpu_variant(), len(toks), np.max(abs(m.logits())) < 1e6)
+""", timeout=300)
+        assert out.split() == ["avx2", "4", "True"]

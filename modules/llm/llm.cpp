@@ -196,6 +196,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.kv_unified = true;      // sequences share the n_ctx cells
+    cparams.n_outputs_max = n_seq;  // logits only for each sequence's last token: not n_batch x n_vocab floats
     cparams.no_perf = false;
     log_error[0] = 0;
     GUARD(self->ctx = llama_init_from_model(self->model, cparams));
