@@ -37,6 +37,7 @@ help:
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
 	@echo "  make bench      boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
+	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
 	@echo "  make distclean  remove $(BUILD) entirely"
@@ -76,7 +77,7 @@ $(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 
-kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(LLAMA_BUILD)/.stamp
+kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(LLAMA_BUILD)/.stamp
 	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) \
 		ULAB_TOP=$(abspath $(DEPS)/ulab) LLAMA_SRC=$(abspath $(LLAMA_SRC)) LLAMA_BUILD=$(abspath $(LLAMA_BUILD)) \
 		PORT_BUILD=$(abspath $(BUILD)/port)
@@ -103,6 +104,10 @@ bench: kernel $(VENV)/.stamp
 
 bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py
+
+.PHONY: bench-net
+bench-net: kernel $(VENV)/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/net.py
 
 clean:
 	rm -rf $(BUILD)/port

@@ -17,6 +17,8 @@
 #include "port/drivers/console.h"
 #include "port/drivers/clock.h"
 #include "modules/llm/llm.h"
+#include "port/lwip/net.h"
+#include "extmod/modnetwork.h"
 
 #define MIB (1024u * 1024u)
 #define HEAP_MIN (2 * MIB)
@@ -83,6 +85,7 @@ int main(int argc, char **argv) {
     }
     print_banner(heap_size);
     llm_cpu_variant_select();
+    net_init();
 
     mp_stack_ctrl_init();
     mp_stack_set_limit(BOOT_STACK_SIZE - 256 * 1024);
@@ -90,6 +93,7 @@ int main(int argc, char **argv) {
     for (;;) {
         gc_init(heap, (char *)heap + heap_size);
         mp_init();
+        mod_network_init();
         mount_boot_modules();
 
         if (pyexec_frozen_module("main.py", false) & PYEXEC_FORCED_EXIT) {

@@ -52,6 +52,15 @@
 // Waiting: sleep until the next interrupt (the PIT ticks every millisecond).
 #define MICROPY_INTERNAL_WFE(TIMEOUT_MS)    cpu_idle()
 
+// Networking: lwIP (MICROPY_PY_LWIP=1, set by port.mk) is the socket module; network.LAN is the
+// e1000. The NIC's rings and lwIP's timers are polled whenever MicroPython handles events.
+#define MICROPY_PY_NETWORK                  (1)
+#define MICROPY_PY_NETWORK_HOSTNAME_DEFAULT "cllm"
+#define MICROPY_PORT_NETWORK_INTERFACES     { MP_ROM_QSTR(MP_QSTR_LAN), MP_ROM_PTR(&network_lan_type) },
+#define MICROPY_INTERNAL_EVENT_HOOK         net_poll()
+extern const struct _mp_obj_type_t network_lan_type;
+void net_poll(void);
+
 #define MP_SSIZE_MAX                        (0x7fffffff)
 typedef int32_t mp_int_t;       // must be pointer size
 typedef uint32_t mp_uint_t;

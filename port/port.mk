@@ -32,6 +32,14 @@ MICROPY_ROM_TEXT_COMPRESSION = 1
 # $(ULAB_TOP)/*/micropython.mk, i.e. ulab's code/micropython.mk.
 USER_C_MODULES = $(ULAB_TOP)
 
+# lwIP 2.2.1 (Debian source package, unpacked beside MicroPython) under extmod/modlwip.c.
+# extmod.mk compiles it from $(TOP)/lib/lwip/src, which the repack leaves empty: link that
+# to the unpacked tree before any rule runs. The port's lwipopts.h and arch/cc.h are in port/lwip.
+MICROPY_PY_LWIP = 1
+LWIP_TOP := $(abspath $(TOP)/../lwip)
+$(if $(wildcard $(TOP)/lib/lwip/src/core),,$(shell ln -sfn $(LWIP_TOP)/src $(TOP)/lib/lwip/src))
+INC += -Iport/lwip
+
 include $(TOP)/py/py.mk
 include $(TOP)/extmod/extmod.mk
 
@@ -57,6 +65,14 @@ SRC_C += \
 	shared/runtime/pyexec.c \
 	shared/runtime/stdout_helpers.c \
 	shared/timeutils/timeutils.c \
+
+# Drivers as Python modules, and the lwIP netif
+SRC_C += \
+	port/lwip/net.c \
+	modules/pci/modpci.c \
+	modules/network/network_lan.c \
+	modules/serial/modserial.c \
+	modules/vga/modvga.c \
 
 # llama.cpp inside: the llm module (C tables + C++ glue) against ggml and libllama, built as
 # static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC), with two

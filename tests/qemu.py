@@ -1,6 +1,7 @@
 """Boot the cllm kernel in QEMU and talk to it over its serial console."""
 import os
 import shlex
+import socket
 import time
 
 import pexpect
@@ -12,13 +13,33 @@ RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 PANIC_STATUS = (0x10 << 1) | 1     # kernel_exit(PANIC_EXIT_STATUS) through isa-debug-exit
 
 
-def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chardev:con"):
+def free_port(kind=socket.SOCK_STREAM):
+    """A host port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chardev:con",
+                 hostfwd=None, mac=None, serial2=None, monitor=None):
+    """hostfwd: None for a machine without a NIC, else a list of QEMU hostfwd rules (every one on
+    127.0.0.1) for an e1000 on a user network that reaches nothing else. mac: the e1000's address.
+    serial2: a QEMU chardev spec for COM2 (e.g. "unix:PATH,server=on,wait=off").
+    monitor: a chardev spec for the QEMU monitor (e.g. "unix:PATH,server=on,wait=off")."""
     cmd = ["qemu-system-i386", "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", mem, "-no-reboot",
-           "-display", "none", "-monitor", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+           "-display", "none", "-monitor", monitor or "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
            "-kernel", kernel, "-append", append]
     if serial == "chardev:con":
         cmd += ["-chardev", "stdio,id=con,signal=off"]
     cmd += ["-serial", serial]
+    if serial2:
+        cmd += ["-serial", serial2]
+    if hostfwd is None:
+        cmd += ["-nic", "none"]
+    else:
+        assert all(":127.0.0.1:" in rule for rule in hostfwd), hostfwd
+        netdev = "user,id=net0,restrict=on" + "".join(",hostfwd=" + rule for rule in hostfwd)
+        cmd += ["-netdev", netdev, "-device", "e1000,netdev=net0" + (f",mac={mac}" if mac else "")]
     if modules:
         cmd += ["-initrd", ",".join(os.fspath(m) for m in modules)]
     return cmd
@@ -29,8 +50,8 @@ class Guest:
 
     The console is a pipe, not a pty: a pty would add its own \\r to every line end."""
 
-    def __init__(self, modules=(), append="", mem="256M", timeout=60):
-        cmd = qemu_command(modules, append, mem)
+    def __init__(self, modules=(), append="", mem="256M", timeout=60, **machine):
+        cmd = qemu_command(modules, append, mem, **machine)
         self.started = time.monotonic()
         self.child = PopenSpawn(cmd, timeout=timeout)
         self.log = []
@@ -96,6 +117,45 @@ class Guest:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Monitor:
+    """The QEMU monitor on a unix socket (qemu_command(monitor="unix:PATH,server=on,wait=off"))."""
+
+    PROMPT = b"(qemu) "
+
+    def __init__(self, path, timeout=10):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        for _ in range(100):
+            try:
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.05)
+        self.sock.settimeout(timeout)
+        self._until_prompt()
+
+    def _until_prompt(self):
+        out = b""
+        while not out.endswith(self.PROMPT):
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError("QEMU monitor closed")
+            out += chunk
+        return out
+
+    def command(self, line):
+        self.sock.sendall(line.encode() + b"\n")
+        return self._until_prompt()
+
+    def read_memory(self, address, size, scratch):
+        """size bytes of guest physical memory, through pmemsave into the file scratch."""
+        self.command(f'pmemsave {address:#x} {size} "{scratch}"')   # quoted: a bare /path parses as division
+        with open(scratch, "rb") as f:
+            return f.read()
+
+    def close(self):
+        self.sock.close()
 
 
 def command_line(modules=(), append=""):

@@ -2,12 +2,14 @@
 #include <stdint.h>
 #include "kprint.h"
 #include "../drivers/serial.h"
+#include "../drivers/vga.h"
 
 static void put(char c) {
     if (c == '\n') {
         serial_putc(COM1, '\r');
     }
     serial_putc(COM1, c);
+    vga_write(&c, 1);       // a panic dump shows on screen too, mirroring or not
 }
 
 static void put_uint(uint32_t v, unsigned base, int width, char pad) {

@@ -1,5 +1,6 @@
 #include "console.h"
 #include "serial.h"
+#include "vga.h"
 #include "../boot/kernel.h"
 #include "../boot/trap.h"
 
@@ -29,13 +30,16 @@ static void com1_irq(void) {
     }
 }
 
+// The screen shows what the console writes, from the boot banner on.
 void console_init(void) {
+    vga_init();
     serial_enable_rx_irq(COM1);
     irq_register(4, com1_irq);
 }
 
 void console_write(const char *s, size_t n) {
     serial_write(COM1, s, n);
+    vga_console_write(s, n);
 }
 
 void console_write_cooked(const char *s, size_t n) {
@@ -45,6 +49,7 @@ void console_write_cooked(const char *s, size_t n) {
         }
         serial_putc(COM1, s[i]);
     }
+    vga_console_write(s, n);
 }
 
 int console_read_byte(void) {

@@ -1,0 +1,240 @@
+// lwIP glue: the e1000 netif (frames copied between lwIP's pbufs and the driver's DMA buffers),
+// address set-up, lwIP's clock and random numbers.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lwip/init.h"
+#include "lwip/netif.h"
+#include "lwip/dhcp.h"
+#include "lwip/dns.h"
+#include "lwip/etharp.h"
+#include "lwip/tcp.h"
+#include "lwip/priv/tcp_priv.h"
+#include "lwip/timeouts.h"
+#include "netif/ethernet.h"
+
+#include "port/boot/kernel.h"
+#include "port/drivers/clock.h"
+#include "port/drivers/e1000.h"
+#include "net.h"
+
+#define RX_BUDGET           64      // frames per poll: the caller gets the CPU back soon
+#define LINK_CHECK_MS       100     // how often the link state and the statistics registers are read
+#define ASSERTIONS_REPORTED 8
+
+static struct e1000 nic;
+static struct netif netif;
+static int nic_ready;
+static int polling;
+static uint32_t last_link_check;
+static const char *address_source = "none";
+static uint32_t random_state;
+
+u32_t sys_now(void) {
+    return (u32_t)(clock_ns() / 1000000u);
+}
+
+// xorshift32, seeded from the clocks at boot: for TCP sequence numbers, ports and DHCP ids.
+uint32_t net_random(void) {
+    uint32_t x = random_state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return random_state = x;
+}
+
+unsigned net_assertions;
+
+void net_assert_failed(const char *message, const char *file, int line) {
+    if (net_assertions++ < ASSERTIONS_REPORTED) {
+        printf("lwIP: assertion failed: %s (%s:%d)\n", message, file, line);
+    }
+}
+
+// A listening pcb (struct tcp_pcb_listen) has no err or recv callback fields: setting them, as
+// extmod/modlwip.c does when it closes a listening socket, would write past its end.
+void __real_tcp_err(struct tcp_pcb *pcb, tcp_err_fn err);
+void __real_tcp_recv(struct tcp_pcb *pcb, tcp_recv_fn recv);
+
+void __wrap_tcp_err(struct tcp_pcb *pcb, tcp_err_fn err) {
+    if (!pcb || pcb->state != LISTEN) {
+        __real_tcp_err(pcb, err);
+    }
+}
+
+// Data that arrives before Python accepts a connection is refused by modlwip's "unaccepted"
+// callback and kept by lwIP, which offers it again only from its 250 ms timer: a request sent
+// right after connecting would wait that long. When the socket is accepted (its recv callback
+// set), the next poll hands the data over instead.
+static int refused_pending;
+
+void __wrap_tcp_recv(struct tcp_pcb *pcb, tcp_recv_fn recv) {
+    if (!pcb || pcb->state != LISTEN) {
+        __real_tcp_recv(pcb, recv);
+        if (pcb && pcb->refused_data) {
+            refused_pending = 1;
+        }
+    }
+}
+
+static void deliver_refused_data(void) {
+    refused_pending = 0;
+    for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb; pcb = pcb->next) {
+        if (pcb->refused_data && tcp_process_refused_data(pcb) == ERR_ABRT) {
+            refused_pending = 1;    // the pcb is gone and the list changed: again next poll
+            return;
+        }
+    }
+}
+
+static err_t linkoutput(struct netif *nif, struct pbuf *p) {
+    (void)nif;
+    uint8_t *buf = e1000_tx_buffer(&nic);
+    if (!buf || p->tot_len > E1000_FRAME_MAX) {
+        nic.count.tx_dropped++;
+        return buf ? ERR_BUF : ERR_MEM;
+    }
+    pbuf_copy_partial(p, buf, p->tot_len, 0);
+    e1000_tx_queue(&nic, p->tot_len);
+    return ERR_OK;
+}
+
+static err_t netif_init_e1000(struct netif *nif) {
+    nif->name[0] = 'e';
+    nif->name[1] = 'n';
+    nif->hostname = "cllm";
+    nif->mtu = 1500;
+    nif->hwaddr_len = ETH_HWADDR_LEN;
+    memcpy(nif->hwaddr, nic.mac, ETH_HWADDR_LEN);
+    nif->flags = NETIF_FLAG_BROADCAST | NETIF_FLAG_ETHARP | NETIF_FLAG_ETHERNET | NETIF_FLAG_IGMP;
+    nif->output = etharp_output;
+    nif->linkoutput = linkoutput;
+    return ERR_OK;
+}
+
+static void receive(void) {
+    const uint8_t *frame;
+    size_t len;
+    for (int n = 0; n < RX_BUDGET && (frame = e1000_rx_peek(&nic, &len)); n++) {
+        struct pbuf *p = pbuf_alloc(PBUF_RAW, len, PBUF_POOL);
+        if (!p) {
+            nic.count.rx_dropped++;         // the pool is full of data sockets have not read
+        } else {
+            pbuf_take(p, frame, len);
+            if (netif.input(p, &netif) != ERR_OK) {
+                pbuf_free(p);
+                nic.count.rx_dropped++;
+            }
+        }
+        e1000_rx_release(&nic);
+    }
+}
+
+static void check_link(void) {
+    uint32_t now = sys_now();
+    if (now - last_link_check < LINK_CHECK_MS) {
+        return;
+    }
+    last_link_check = now;
+    e1000_update_counters(&nic);
+    int up = e1000_link_up(&nic);
+    if (up && !netif_is_link_up(&netif)) {
+        netif_set_link_up(&netif);
+    } else if (!up && netif_is_link_up(&netif)) {
+        netif_set_link_down(&netif);
+    }
+}
+
+void net_poll(void) {
+    if (!nic_ready || polling) {
+        return;
+    }
+    polling = 1;
+    receive();
+    if (refused_pending) {
+        deliver_refused_data();
+    }
+    check_link();
+    sys_check_timeouts();
+    polling = 0;
+}
+
+// "a.b.c.d" or "a.b.c.d/nn" from the command line into addr (and mask, if given).
+static int parse_address(const char *key, ip4_addr_t *addr, ip4_addr_t *mask) {
+    char buf[32];
+    if (!cmdline_get(key, buf, sizeof(buf))) {
+        return 0;
+    }
+    char *slash = strchr(buf, '/');
+    if (slash) {
+        *slash = 0;
+        int bits = atoi(slash + 1);
+        if (mask && bits >= 0 && bits <= 32) {
+            ip4_addr_set_u32(mask, lwip_htonl(bits ? 0xffffffffu << (32 - bits) : 0));
+        }
+    }
+    if (!ip4addr_aton(buf, addr)) {
+        printf("net: ignoring %s=%s (not an IPv4 address)\n", key, buf);
+        return 0;
+    }
+    return 1;
+}
+
+static void configure_address(void) {
+    ip4_addr_t ip, mask, gw, dns;
+    IP4_ADDR(&mask, 255, 255, 255, 0);
+    if (parse_address("ip", &ip, &mask)) {
+        ip4_addr_set_zero(&gw);
+        parse_address("gw", &gw, NULL);
+        netif_set_addr(&netif, &ip, &mask, &gw);
+        if (parse_address("dns", &dns, NULL)) {
+            ip_addr_t d;
+            ip_addr_copy_from_ip4(d, dns);
+            dns_setserver(0, &d);
+        }
+        address_source = "static";
+    } else {
+        dhcp_start(&netif);
+        address_source = "dhcp";
+    }
+}
+
+void net_init(void) {
+    random_state = (uint32_t)clock_epoch_ns() ^ (uint32_t)clock_ns() ^ 0x9e3779b9u;
+    if (!random_state) {
+        random_state = 1;
+    }
+    struct pci_device pci;
+    if (!pci_find(E1000_VENDOR, E1000_DEV_82540EM, &pci)) {
+        return;
+    }
+    if (e1000_init(&nic, &pci) != 0) {
+        printf("net: the e1000 at %02x:%02x.%u did not come out of reset\n", pci.bus, pci.device, pci.function);
+        return;
+    }
+    lwip_init();
+    netif_add(&netif, NULL, NULL, NULL, NULL, netif_init_e1000, ethernet_input);
+    netif_set_default(&netif);
+    netif_set_up(&netif);
+    if (e1000_link_up(&nic)) {
+        netif_set_link_up(&netif);
+    }
+    nic_ready = 1;
+    configure_address();
+    const uint8_t *m = nic.mac;
+    printf("net: e1000 %02x:%02x:%02x:%02x:%02x:%02x irq %u, link %s, address by %s\n",
+        m[0], m[1], m[2], m[3], m[4], m[5], pci.irq_line, e1000_link_up(&nic) ? "up" : "down", address_source);
+}
+
+struct netif *net_netif(void) {
+    return nic_ready ? &netif : NULL;
+}
+
+struct e1000 *net_nic(void) {
+    return nic_ready ? &nic : NULL;
+}
+
+const char *net_address_source(void) {
+    return address_source;
+}

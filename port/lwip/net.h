@@ -1,0 +1,18 @@
+// The network: the e1000 as lwIP's one netif, brought up at boot and polled from MicroPython's
+// event hook (MICROPY_INTERNAL_EVENT_HOOK), so lwIP only ever runs in normal context.
+#pragma once
+#include <stdint.h>
+
+struct netif;
+struct e1000;
+
+// Once at boot: find the e1000 on PCI, start lwIP, then DHCP, or the static address the kernel
+// command line gives ("ip=10.0.2.15/24 gw=10.0.2.2 dns=10.0.2.3").
+void net_init(void);
+// Receive what the NIC has, run lwIP's timers. Cheap when there is nothing to do.
+void net_poll(void);
+// NULL when no NIC was found.
+struct netif *net_netif(void);
+struct e1000 *net_nic(void);
+const char *net_address_source(void);    // "dhcp", "static" or "none"
+extern unsigned net_assertions;         // failed lwIP assertions (reported, not fatal)
