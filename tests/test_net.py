@@ -217,3 +217,18 @@ def test_udp_flood_is_counted_not_fatal(net):
     assert dropped > 0, (before, after)
     assert net.line("1 + 1").strip() == b"2"
     soft_reboot(net)
+
+
+def test_static_address_from_the_command_line():
+    tcp = free_port()
+    with Guest(hostfwd=[f"tcp:127.0.0.1:{tcp}-:80"], append="ip=10.0.2.15/24 gw=10.0.2.2") as g:
+        g.wait_prompt()
+        assert lan(g, "ipconfig('addr4')") == ("10.0.2.15", "255.255.255.0")
+        assert lan(g, "config('address_source')") == "static"
+        g.send(b"import socket; s = socket.socket(); s.bind(('0.0.0.0', 80)); s.listen(1); "
+               b"c, a = s.accept(); c.send(c.recv(100)); c.close()\r")
+        time.sleep(1.5)         # QEMU passes frames to the NIC a second after it is enabled
+        with socket.create_connection(("127.0.0.1", tcp), timeout=10) as h:
+            h.sendall(b"static")
+            assert h.recv(100) == b"static"
+        g.wait_prompt()
