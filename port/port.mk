@@ -128,4 +128,12 @@ $(BUILD)/cllm.elf: $(BUILD)/cllm-nosyms.elf $(BUILD)/ksyms.o
 	$(Q)strip -o $(BUILD)/cllm-stripped.elf $@
 	$(Q)echo "kernel: $@ ($$(stat -c %s $(BUILD)/cllm-stripped.elf) bytes stripped)"
 
+# makemanifest.py rewrites frozen_content.c only when the frozen files change, but the qstrs it
+# declares are those the C code does not have: when the C code's set changes, start it afresh
+# (else "redeclaration of enumerator MP_QSTR_...").
+$(BUILD)/frozen_content.c: $(BUILD)/frozen_qstrs.stamp
+$(BUILD)/frozen_qstrs.stamp: $(BUILD)/genhdr/qstrdefs.generated.h
+	$(Q)rm -f $(BUILD)/frozen_content.c
+	$(Q)touch $@
+
 include $(TOP)/py/mkrules.mk
