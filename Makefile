@@ -96,7 +96,7 @@ run-debug: kernel $(MODEL_DEP)
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE) -s -S
 
 # --- tests and benchmarks -----------------------------------------------------------------
-test: kernel $(VENV)/.stamp
+test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
 
 bench: kernel $(VENV)/.stamp

@@ -218,8 +218,7 @@ print(len(rest), m.seq_pos(0))
 
 @pytest.fixture(scope="module")
 def smol():
-    if not os.path.exists(SMOLLM2):
-        pytest.skip("SmolLM2 not fetched (make setup)")
+    assert os.path.exists(SMOLLM2), "SmolLM2 is not fetched: run the tests with `make test`"
     with Guest(modules=[SMOLLM2], mem="512M", timeout=600) as guest:
         guest.wait_prompt()
         out, err = guest.raw_exec("import llm\nm = llm.Model('/SmolLM2-135M-Instruct.Q4_1.gguf', n_ctx=512)", timeout=120)
