@@ -77,7 +77,7 @@ $(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 
-kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(LLAMA_BUILD)/.stamp
+kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(DEPS)/microdot/.stamp $(LLAMA_BUILD)/.stamp
 	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) \
 		ULAB_TOP=$(abspath $(DEPS)/ulab) LLAMA_SRC=$(abspath $(LLAMA_SRC)) LLAMA_BUILD=$(abspath $(LLAMA_BUILD)) \
 		PORT_BUILD=$(abspath $(BUILD)/port)

@@ -1,4 +1,24 @@
-# Runs at every boot and soft reboot, before the REPL.
+# Runs at every boot and soft reboot, before the REPL. With a model (a *.gguf boot module or
+# model= on the command line) and a NIC it starts the server (frozen/cllm), its REPL on the console.
 import time
 
 print("main.py: ready after {} ms".format(time.ticks_ms()))
+
+
+def server_settings():
+    from cllm import config
+    import network
+    settings = config.load()
+    if not (settings.model and settings.serve):
+        return None
+    try:
+        network.LAN()
+    except OSError:                 # no NIC: nothing to serve on
+        return None
+    return settings
+
+
+settings = server_settings()
+if settings:
+    from cllm import server
+    server.run(settings, globals())

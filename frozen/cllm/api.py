@@ -1,0 +1,485 @@
+"""The HTTP API on microdot, in llama.cpp's tools/server shapes: its native routes (/completion,
+/tokenize, /props, ...) and the OpenAI-compatible /v1 routes, errors as {"error": {code, message, type}}."""
+import json
+import random
+import time
+
+from microdot import Microdot, Request, Response
+
+from cllm.engine import Busy, ContextExceeded, Task
+
+FINGERPRINT = "cllm-0.1.0"
+PUBLIC = ("/health", "/v1/health")
+SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.95), ("min_p", float, 0.05),
+            ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),
+            ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
+
+app = Microdot()
+engine = None
+settings = None
+
+
+class ApiError(Exception):
+    def __init__(self, code, message, type, **extra):
+        super().__init__(message)
+        self.body = {"code": code, "message": message, "type": type}
+        self.body.update(extra)
+        self.code = code
+
+    def response(self):
+        return {"error": self.body}, self.code
+
+
+def bad_request(message):
+    return ApiError(400, message, "invalid_request_error")
+
+
+def setup(the_engine, the_settings):
+    global engine, settings
+    engine, settings = the_engine, the_settings
+    Request.max_content_length = Request.max_body_length = the_settings.max_body
+
+
+def api(handler):
+    """Turn an ApiError raised by a handler into its JSON error response."""
+    async def wrapped(req, *args):
+        try:
+            return await handler(req, *args)
+        except ApiError as e:
+            return e.response()
+    return wrapped
+
+
+@app.before_request
+def gate(req):
+    if settings.api_key and req.path not in PUBLIC:
+        auth = req.headers.get("Authorization", "") or req.headers.get("X-Api-Key", "")
+        if auth.startswith("Bearer "):
+            auth = auth[7:]
+        if auth != settings.api_key:
+            return ApiError(401, "Invalid API Key", "authentication_error").response()
+    if engine.state != "ready":
+        return ApiError(503, "Loading model", "unavailable_error").response()
+
+
+@app.errorhandler(400)
+def error_400(req):
+    return bad_request("Bad request").response()
+
+
+@app.errorhandler(404)
+def error_404(req):
+    return ApiError(404, "File Not Found", "not_found_error").response()
+
+
+@app.errorhandler(405)
+def error_405(req):
+    return ApiError(405, "Method Not Allowed", "invalid_request_error").response()
+
+
+@app.errorhandler(413)
+def error_413(req):
+    return ApiError(413, "Request body larger than {} bytes".format(settings.max_body), "invalid_request_error").response()
+
+
+@app.errorhandler(500)
+def error_500(req):
+    return ApiError(500, "Internal server error", "server_error").response()
+
+
+# ---------------------------------------------------------------- request bodies
+
+def body_of(req):
+    """The JSON object of a request body. MicroPython's json.loads takes a truncated document as
+    if it ended there: parsed inside "[...,0]", a cut-off body loses the 0 or fails."""
+    try:
+        wrapped = json.loads("[" + req.body.decode() + ",0]")
+    except ValueError:                      # UnicodeError is a ValueError too
+        wrapped = None
+    if not (isinstance(wrapped, list) and len(wrapped) == 2 and wrapped[1] == 0):
+        raise bad_request("Invalid JSON in the request body")
+    if not isinstance(wrapped[0], dict):
+        raise bad_request("the request body must be a JSON object")
+    return wrapped[0]
+
+
+def field(body, name, kind, default):
+    value = body.get(name)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise bad_request("'{}' must be {}".format(name, {int: "an integer", float: "a number", str: "a string",
+                                                           bool: "a boolean", list: "an array", dict: "an object"}[kind]))
+    return value
+
+
+def stop_list(body):
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise bad_request("'stop' must be a string or an array of strings")
+
+
+def prompt_tokens(prompt):
+    """A prompt as llama-server takes it: a string, token ids, or a one-element array of either."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        tokens = engine.model.tokenize(prompt, True, True)
+    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        tokens = prompt
+    else:
+        raise bad_request("'prompt' must be a string or an array of token ids")
+    if not tokens:
+        raise bad_request("the prompt is empty")
+    return tokens
+
+
+def new_task(body, tokens, n_predict):
+    """Validate the sampling fields, build the sampler, queue the task."""
+    kw = {}
+    for name, kind, default in SAMPLING:
+        kw[name] = field(body, name, kind, default)
+    kw["grammar"] = field(body, "grammar", str, None)
+    try:
+        sampler = engine.sampler(**kw)
+        task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False))
+        return engine.submit(task)
+    except ContextExceeded as e:
+        raise ApiError(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
+    except Busy:
+        raise ApiError(503, "no slot available, try again later", "unavailable_error")
+    except ValueError as e:                 # a bad grammar, a token id out of range
+        raise bad_request(str(e))
+
+
+async def finished(task):
+    try:
+        return await task.result()
+    except Exception as e:
+        raise ApiError(500, str(e), "server_error")
+
+
+def params_json():
+    p = {name: default for name, kind, default in SAMPLING}
+    p.update({"n_predict": settings.n_predict, "max_tokens": settings.n_predict, "stop": [], "stream": False,
+              "grammar": "", "n_probs": 0})
+    return p
+
+
+# ---------------------------------------------------------------- streaming
+
+class EventStream:
+    """A response body of Server-Sent Events: chunks(text) for each piece of text, then last()."""
+
+    def __init__(self, task, chunks, last):
+        self.task = task
+        self.chunks = chunks
+        self.last = last
+        self.out = []
+        self.ended = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self.out:
+            if self.ended:
+                raise StopAsyncIteration
+            text = await self.task.next_text()
+            if text is None:
+                self.ended = True
+                self.out = self.last()
+            else:
+                self.out = self.chunks(text)
+        event = self.out.pop(0)
+        return b"data: " + (event if isinstance(event, bytes) else json.dumps(event).encode()) + b"\n\n"
+
+    async def aclose(self):
+        self.task.cancel()
+
+
+class StreamResponse(Response):
+    """Cancels the generation however the stream ends: finished, client gone, or write error."""
+
+    def __init__(self, task, chunks, last):
+        Response.__init__(self, EventStream(task, chunks, last), 200, {"Content-Type": "text/event-stream",
+                                                                       "Cache-Control": "no-cache"})
+
+    async def write(self, stream):
+        try:
+            await Response.write(self, stream)
+        finally:
+            self.body.task.cancel()
+
+
+# ---------------------------------------------------------------- health, models, props
+
+@app.get("/health")
+@app.get("/v1/health")
+async def health(req):
+    return {"status": "ok"}
+
+
+def model_info():
+    meta = engine.model.meta()
+    return {"id": settings.alias, "aliases": [settings.alias], "tags": [], "object": "model",
+            "created": int(time.time()), "owned_by": "llamacpp",
+            "meta": {"vocab_type": 1, "n_vocab": meta["n_vocab"], "n_ctx": engine.n_ctx_slot,
+                     "n_ctx_train": meta["n_ctx_train"], "n_embd": meta["n_embd"], "n_params": meta["n_params"],
+                     "size": meta["size"]}}
+
+
+@app.get("/v1/models")
+@app.get("/models")
+async def models(req):
+    return {"models": [{"name": settings.alias, "model": settings.alias, "modified_at": "", "size": "", "digest": "",
+                        "type": "model", "description": "", "tags": [""], "capabilities": ["completion"],
+                        "parameters": "", "details": {"parent_model": "", "format": "gguf", "family": "",
+                                                      "families": [""], "parameter_size": "",
+                                                      "quantization_level": ""}}],
+            "object": "list", "data": [model_info()]}
+
+
+def token_text(token):
+    if token is None:
+        return ""
+    try:
+        return engine.model.token_to_piece(token).decode()
+    except ValueError:
+        return ""
+
+
+@app.get("/props")
+async def props(req):
+    meta = engine.model.meta()
+    return {"default_generation_settings": {"params": params_json(), "n_ctx": engine.n_ctx_slot},
+            "total_slots": settings.parallel, "model_alias": settings.alias, "model_path": settings.model,
+            "modalities": {"vision": False, "video": False, "audio": False},
+            "endpoint_slots": True, "endpoint_props": False, "endpoint_metrics": True,
+            "chat_template": meta["chat_template"] or "", "bos_token": token_text(meta["bos"]),
+            "eos_token": token_text(meta["eos"]), "build_info": FINGERPRINT, "is_sleeping": False,
+            "n_ctx": engine.n_ctx, "n_predict": settings.n_predict, "queue": settings.queue,
+            "api_key_required": bool(settings.api_key)}
+
+
+# ---------------------------------------------------------------- tokens
+
+@app.post("/tokenize")
+@api
+async def tokenize(req):
+    body = body_of(req)
+    content = field(body, "content", str, "")
+    tokens = engine.model.tokenize(content, field(body, "add_special", bool, False),
+                                   field(body, "parse_special", bool, True))
+    if not field(body, "with_pieces", bool, False):
+        return {"tokens": tokens}
+    pieces = []
+    for t in tokens:
+        piece = engine.model.token_to_piece(t)
+        try:
+            piece = piece.decode()
+        except ValueError:
+            piece = list(piece)
+        pieces.append({"id": t, "piece": piece})
+    return {"tokens": pieces}
+
+
+@app.post("/detokenize")
+@api
+async def detokenize(req):
+    tokens = field(body_of(req), "tokens", list, [])
+    try:                        # as llama-server: the pieces joined, a leading space kept
+        return {"content": b"".join(engine.model.token_to_piece(t) for t in tokens).decode()}
+    except (ValueError, TypeError) as e:
+        raise bad_request(str(e))
+
+
+# ---------------------------------------------------------------- native completion
+
+def native_final(task, content):
+    return {"index": 0, "content": content, "tokens": task.tokens if task.return_tokens else [],
+            "id_slot": task.slot, "stop": True, "model": settings.alias, "tokens_predicted": len(task.tokens),
+            "tokens_evaluated": len(task.prompt), "generation_settings": params_json(), "prompt": "",
+            "has_new_line": "\n" in task.text, "truncated": False, "stop_type": task.stop_type,
+            "stopping_word": task.stopping_word, "tokens_cached": 0, "timings": task.timings()}
+
+
+def n_predict_of(body, *names):
+    for name in names:
+        if body.get(name) is not None:
+            return field(body, name, int, -1)
+    return settings.n_predict
+
+
+@app.post("/completion")
+@app.post("/completions")
+@api
+async def completion(req):
+    body = body_of(req)
+    task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    if field(body, "stream", bool, False):
+        def chunk(text):
+            return [{"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": task.slot,
+                     "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt)}]
+        return StreamResponse(task, chunk, lambda: [native_final(task, "")])
+    return native_final(task, await finished(task))
+
+
+# ---------------------------------------------------------------- OpenAI-compatible
+
+def completion_id(prefix):
+    return prefix + "".join("%08x" % random.getrandbits(32) for _ in range(3))
+
+
+def finish_reason(task):
+    return "stop" if task.stop_type in ("eos", "word") else "length"
+
+
+def usage(task):
+    n_prompt, n_gen = len(task.prompt), len(task.tokens)
+    return {"completion_tokens": n_gen, "prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen,
+            "prompt_tokens_details": {"cached_tokens": 0}}
+
+
+def oai_object(cid, kind, **fields):
+    obj = {"created": int(time.time()), "model": settings.alias, "system_fingerprint": FINGERPRINT,
+           "object": kind, "id": cid}
+    obj.update(fields)
+    return obj
+
+
+def include_usage(body):
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+@app.post("/v1/completions")
+@api
+async def oai_completions(req):
+    body = body_of(req)
+    task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    cid = completion_id("cmpl-")
+
+    def choice(text, reason):
+        return [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]
+    if field(body, "stream", bool, False):
+        def last():
+            return [oai_object(cid, "text_completion", choices=choice("", finish_reason(task)), usage=usage(task),
+                               timings=task.timings()), b"[DONE]"]
+        return StreamResponse(task, lambda text: [oai_object(cid, "text_completion", choices=choice(text, None))], last)
+    text = await finished(task)
+    return oai_object(cid, "text_completion", choices=choice(text, finish_reason(task)), usage=usage(task),
+                      timings=task.timings())
+
+
+def chat_prompt(body):
+    messages = field(body, "messages", list, None)
+    if not messages:
+        raise bad_request("'messages' is required and must be a non-empty array")
+    plain = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request("each message must be an object with a 'role'")
+        content = m.get("content") or ""
+        if isinstance(content, list):       # content parts: only text is understood here
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise bad_request("message 'content' must be a string or an array of text parts")
+        plain.append({"role": m["role"], "content": content})
+    try:
+        return engine.model.apply_chat_template(plain)
+    except ValueError as e:
+        raise bad_request(str(e))
+
+
+@app.post("/v1/chat/completions")
+@app.post("/chat/completions")
+@api
+async def oai_chat(req):
+    body = body_of(req)
+    prompt = chat_prompt(body)
+    task = new_task(body, prompt_tokens(prompt), n_predict_of(body, "n_predict", "max_completion_tokens", "max_tokens"))
+    cid = completion_id("chatcmpl-")
+
+    def chunk(delta, reason=None):
+        return oai_object(cid, "chat.completion.chunk", choices=[{"finish_reason": reason, "index": 0, "delta": delta}])
+    if field(body, "stream", bool, False):
+        opened = []
+
+        def opening():      # the first delta carries the role
+            if opened:
+                return []
+            opened.append(True)
+            return [chunk({"role": "assistant", "content": None})]
+
+        def chunks(text):
+            return opening() + [chunk({"content": text})]
+
+        def last():
+            out = opening() + [chunk({}, finish_reason(task))]
+            if include_usage(body):
+                out.append(oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(task)))
+            out[-1]["timings"] = task.timings()
+            return out + [b"[DONE]"]
+        return StreamResponse(task, chunks, last)
+    text = await finished(task)
+    return oai_object(cid, "chat.completion", usage=usage(task), timings=task.timings(),
+                      choices=[{"finish_reason": finish_reason(task), "index": 0,
+                                "message": {"role": "assistant", "content": text}}])
+
+
+# ---------------------------------------------------------------- slots and metrics
+
+@app.get("/slots")
+async def slots(req):
+    out = []
+    for s in engine.slots:
+        info = {"id": s.id, "n_ctx": engine.n_ctx_slot, "speculative": False, "is_processing": s.task is not None}
+        t = s.task or s.last
+        if t:
+            info.update({"id_task": t.id, "n_prompt_tokens": len(t.prompt), "n_prompt_tokens_processed": len(t.prompt),
+                         "n_prompt_tokens_cache": 0, "params": params_json(),
+                         "next_token": [{"has_next_token": not t.done, "has_new_line": "\n" in t.text,
+                                         "n_remain": t.n_predict - len(t.tokens) if t.n_predict >= 0 else -1,
+                                         "n_decoded": len(t.tokens)}],
+                         "generated": t.text})
+        out.append(info)
+    return out
+
+
+METRICS = (
+    ("counter", "prompt_tokens_total", "Number of prompt tokens processed", "prompt_tokens"),
+    ("counter", "prompt_seconds_total", "Total time spent processing prompts", "prompt_ms"),
+    ("counter", "tokens_predicted_total", "Number of generation tokens processed", "predicted_tokens"),
+    ("counter", "tokens_predicted_seconds_total", "Total time spent generating tokens", "predicted_ms"),
+    ("counter", "n_decode_total", "Total number of llama_decode() calls", "decodes"),
+    ("counter", "n_tokens_max", "Largest observed sequence length (prompt + generation)", "n_tokens_max"),
+)
+
+
+@app.get("/metrics")
+async def metrics(req):
+    st = engine.stats
+    values = [(kind, name, help, st[key] / 1000 if key.endswith("_ms") else st[key]) for kind, name, help, key in METRICS]
+    values += [
+        ("gauge", "prompt_tokens_seconds", "Average prompt throughput in tokens/s",
+         1000 * st["prompt_tokens"] / st["prompt_ms"] if st["prompt_ms"] else 0),
+        ("gauge", "predicted_tokens_seconds", "Average generation throughput in tokens/s",
+         1000 * st["predicted_tokens"] / st["predicted_ms"] if st["predicted_ms"] else 0),
+        ("gauge", "requests_processing", "Number of requests processing", len(engine.busy_slots())),
+        ("gauge", "requests_deferred", "Number of requests deferred", len(engine.waiting)),
+        ("gauge", "n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
+         st["busy_slots"] / max(st["decodes"], 1)),
+    ]
+    lines = []
+    for kind, name, help, value in values:
+        lines += ["# HELP llamacpp:{} {}".format(name, help), "# TYPE llamacpp:{} {}".format(name, kind),
+                  "llamacpp:{} {}".format(name, value)]
+    return "\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"}

@@ -1,0 +1,71 @@
+"""Settings from the kernel command line: `key=value` words, as llama-server takes its flags.
+
+    model=/name.gguf  the boot module to serve (default: the first *.gguf module)
+    n_ctx=2048        KV cache cells, shared by the slots; each slot gets n_ctx // parallel
+    parallel=2        slots: requests generated at the same time
+    n_predict=-1      default generation limit (-1: until end of generation or the slot is full)
+    queue=8           requests that may wait for a slot; beyond that 503
+    api_key=...       require `Authorization: Bearer ...` on every route but /health
+    alias=...         model name in the API (default: the model file's name)
+    port=80           TCP port to listen on
+    max_body=262144   largest request body in bytes (413 beyond)
+    serve=0           do not start the server even with a model and a NIC
+"""
+import kernel
+
+DEFAULTS = {
+    "model": None,
+    "n_ctx": 2048,
+    "parallel": 2,
+    "n_predict": -1,
+    "queue": 8,
+    "api_key": None,
+    "alias": None,
+    "port": 80,
+    "max_body": 256 * 1024,
+    "serve": 1,
+}
+
+
+class Settings:
+    def __init__(self, values):
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def __repr__(self):
+        shown = {key: getattr(self, key) for key in DEFAULTS}
+        if shown["api_key"]:
+            shown["api_key"] = "****"
+        return "Settings({})".format(shown)
+
+
+def first_gguf_module():
+    for path, size, address in kernel.modules():
+        if path.endswith(".gguf"):
+            return path
+    return None
+
+
+def parse(cmdline):
+    """Settings from a command line; unknown words are left to whoever else reads it."""
+    values = dict(DEFAULTS)
+    for word in cmdline.split():
+        key, eq, value = word.partition("=")
+        if not eq or key not in DEFAULTS:
+            continue
+        if isinstance(DEFAULTS[key], int):
+            try:
+                value = int(value)
+            except ValueError:
+                print("cllm: ignoring {} (not a number)".format(word))
+                continue
+        values[key] = value
+    if values["model"] is None:
+        values["model"] = first_gguf_module()
+    if values["alias"] is None and values["model"]:
+        values["alias"] = values["model"].rsplit("/", 1)[-1]
+    return Settings(values)
+
+
+def load():
+    return parse(kernel.cmdline())

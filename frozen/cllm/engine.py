@@ -1,0 +1,303 @@
+"""Generation. The model's KV cache holds one sequence per slot; one scheduler task advances every
+busy slot together (a new slot's whole prompt, the others' last token, in one decode_batch), samples
+each slot's next token with its own llm.Sampler, and yields to asyncio between steps, so the
+server answers other requests while generating. Requests beyond the slots wait in a bounded queue."""
+import asyncio
+import time
+from asyncio import core
+
+import llm
+
+
+class Busy(Exception):
+    """Every slot is busy and the wait queue is full."""
+
+
+class ContextExceeded(Exception):
+    def __init__(self, n_prompt_tokens, n_ctx):
+        super().__init__("request ({} tokens) exceeds the available context size ({} tokens), try increasing it"
+                         .format(n_prompt_tokens, n_ctx))
+        self.n_prompt_tokens = n_prompt_tokens
+        self.n_ctx = n_ctx
+
+
+def utf8_complete(data):
+    """How many leading bytes of data end on a UTF-8 character boundary."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        b = data[n - back]
+        if b & 0xC0 != 0x80:                 # a lead byte (or ASCII): is its sequence complete?
+            need = 1 if b < 0x80 else 2 if b >= 0xC0 and b < 0xE0 else 3 if b < 0xF0 else 4
+            return n if need <= back else n - back
+    return n
+
+
+def partial_stop(text, stops):
+    """Length of the longest end of text that begins one of the stop strings."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
+class Task:
+    """One request's generation: its prompt, limits, sampler, and the text produced so far."""
+    next_id = 0
+
+    def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False):
+        self.id = Task.next_id
+        Task.next_id += 1
+        self.prompt = prompt
+        self.sampler = sampler
+        self.n_predict = n_predict
+        self.stop = [s for s in stop if s]
+        self.return_tokens = return_tokens
+        self.tokens = []
+        self.text = ""
+        self.sent = 0                   # characters of text handed to the client
+        self.undecoded = b""            # a UTF-8 character cut between tokens
+        self.stop_type = "none"
+        self.stopping_word = ""
+        self.done = False
+        self.cancelled = False
+        self.error = None
+        self.slot = None
+        self.prompt_ms = 0.0
+        self.predicted_ms = 0.0
+        self.changed = asyncio.Event()
+
+    def cancel(self):
+        if not self.done:
+            self.cancelled = True
+            self.finish("none")
+
+    def finish(self, stop_type):
+        self.stop_type = stop_type
+        self.done = True
+        self.changed.set()
+
+    def fail(self, error):
+        self.error = error
+        self.finish("none")
+
+    def add_piece(self, piece):
+        """Append a token's bytes; stop at a stop string. Returns True when a stop string ended it."""
+        data = self.undecoded + piece
+        n = utf8_complete(data)
+        self.undecoded = data[n:]
+        if not n:
+            return False
+        start = max(0, len(self.text) - max([len(s) for s in self.stop] or [0]))
+        self.text += data[:n].decode()
+        first = None
+        for s in self.stop:
+            i = self.text.find(s, start)
+            if i >= 0 and (first is None or i < first[0]):
+                first = (i, s)
+        if first:
+            self.text = self.text[:first[0]]
+            self.stopping_word = first[1]
+            return True
+        self.changed.set()
+        return False
+
+    def ready_text(self):
+        """The text not yet handed out, less an end that may still become a stop string."""
+        end = len(self.text) if self.done else len(self.text) - partial_stop(self.text, self.stop)
+        chunk = self.text[self.sent:end]
+        self.sent = max(self.sent, end)
+        return chunk
+
+    async def next_text(self):
+        """The next piece of text; "" once more when finished (then None)."""
+        while True:
+            chunk = self.ready_text()
+            if chunk:
+                return chunk
+            if self.done:
+                return None
+            self.changed.clear()
+            await self.changed.wait()
+
+    async def result(self):
+        while not self.done:
+            self.changed.clear()
+            await self.changed.wait()
+        if self.error:
+            raise self.error
+        self.sent = len(self.text)
+        return self.text
+
+    def timings(self):
+        n_prompt, n_gen = len(self.prompt), len(self.tokens)
+        return {
+            "cache_n": 0,
+            "prompt_n": n_prompt,
+            "prompt_ms": self.prompt_ms,
+            "prompt_per_token_ms": self.prompt_ms / n_prompt if n_prompt else 0.0,
+            "prompt_per_second": 1000.0 * n_prompt / self.prompt_ms if self.prompt_ms else 0.0,
+            "predicted_n": n_gen,
+            "predicted_ms": self.predicted_ms,
+            "predicted_per_token_ms": self.predicted_ms / n_gen if n_gen else 0.0,
+            "predicted_per_second": 1000.0 * n_gen / self.predicted_ms if self.predicted_ms else 0.0,
+        }
+
+
+def others_ready():
+    """Whether another asyncio task is ready to run now."""
+    head = core._task_queue.peek()
+    return head is not None and time.ticks_diff(head.ph_key, time.ticks_ms()) <= 0
+
+
+class Slot:
+    def __init__(self, id):
+        self.id = id                    # also the sequence id in the KV cache
+        self.task = None
+        self.last = None                # the task that ran here most recently (for /slots)
+        self.n_past = 0                 # tokens of this slot's sequence in the KV cache
+
+
+class Engine:
+    def __init__(self, settings):
+        self.settings = settings
+        self.model = None
+        self.state = "loading"          # "loading", "ready" or "error"
+        self.load_error = None
+        self.slots = [Slot(i) for i in range(settings.parallel)]
+        self.waiting = []
+        self.wake = asyncio.Event()
+        self.stats = {"prompt_tokens": 0, "prompt_ms": 0.0, "predicted_tokens": 0, "predicted_ms": 0.0,
+                      "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0}
+
+    def load(self):
+        s = self.settings
+        try:
+            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel)
+        except Exception as e:
+            self.state, self.load_error = "error", e
+            raise
+        self.n_ctx = self.model.meta()["n_ctx"]
+        self.n_ctx_slot = self.n_ctx // s.parallel
+        self.state = "ready"
+
+    def sampler(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
+                repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None):
+        return llm.Sampler(self.model, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                           grammar=grammar, logit_bias=logit_bias)
+
+    def submit(self, task):
+        """Queue a task for the next free slot; raises ContextExceeded or Busy."""
+        if len(task.prompt) >= self.n_ctx_slot:
+            raise ContextExceeded(len(task.prompt), self.n_ctx_slot)
+        free = sum(1 for s in self.slots if s.task is None)
+        if len(self.waiting) - free >= self.settings.queue:
+            self.stats["rejected"] += 1
+            raise Busy()
+        self.stats["requests"] += 1
+        self.waiting.append(task)
+        self.wake.set()
+        return task
+
+    def busy_slots(self):
+        return [s for s in self.slots if s.task]
+
+    def _assign(self):
+        for slot in self.slots:
+            while slot.task is None and self.waiting:
+                task = self.waiting.pop(0)
+                if task.cancelled:
+                    continue
+                self.model.kv_remove(slot.id)
+                slot.n_past = 0
+                slot.task = slot.last = task
+                task.slot = slot.id
+
+    def _release(self, slot):
+        slot.task = None
+        self.wake.set()
+
+    async def run(self):
+        """The scheduler: one decode for all busy slots per step, forever."""
+        while True:
+            self._assign()
+            busy = [s for s in self.slots if s.task and not s.task.cancelled]
+            for s in self.slots:
+                if s.task and s.task.cancelled:
+                    self._release(s)
+            if not busy:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            t0 = time.ticks_ms()
+            self.step(busy)
+            await self.let_others_run(time.ticks_diff(time.ticks_ms(), t0))
+
+    async def let_others_run(self, decode_ms):
+        """Between two decodes, let the HTTP tasks run while they have work, for up to half the
+        decode's time (at least 10 ms): a request takes a few TCP round trips and a dozen
+        awaits, and one decode per await would make /health wait seconds behind a generation."""
+        t0 = time.ticks_ms()
+        budget = max(10, decode_ms // 2)
+        while time.ticks_diff(time.ticks_ms(), t0) < budget:
+            # A 1 ms wait, not sleep_ms(0): with a task ready, asyncio polls its sockets with
+            # timeout 0, which skips the event hook that drains the NIC into lwIP.
+            await asyncio.sleep_ms(1)
+            if not others_ready():
+                return
+            for _ in range(100):
+                await asyncio.sleep_ms(0)
+                if not others_ready():
+                    break
+
+    def step(self, busy):
+        items = [(s.id, s.task.prompt if s.n_past == 0 else s.task.tokens[-1:]) for s in busy]
+        t0 = time.ticks_us()
+        try:
+            self.model.decode_batch(items)
+        except Exception as e:
+            for s in busy:
+                s.task.fail(e)
+                self._release(s)
+            return
+        ms = time.ticks_diff(time.ticks_us(), t0) / 1000
+        st = self.stats
+        st["decodes"] += 1
+        st["busy_slots"] += len(busy)
+        for s, (seq, tokens) in zip(busy, items):
+            task = s.task
+            if s.n_past == 0:
+                task.prompt_ms += ms
+                st["prompt_tokens"] += len(tokens)
+                st["prompt_ms"] += ms
+            else:
+                task.predicted_ms += ms
+                st["predicted_ms"] += ms
+            s.n_past += len(tokens)
+            st["n_tokens_max"] = max(st["n_tokens_max"], s.n_past)
+            try:
+                token = task.sampler.sample(seq)
+            except Exception as e:
+                task.fail(e)
+                self._release(s)
+                continue
+            self.advance(s, token)
+
+    def advance(self, slot, token):
+        task = slot.task
+        model = self.model
+        if model.is_eog(token):
+            task.finish("eos")
+        else:
+            task.tokens.append(token)
+            self.stats["predicted_tokens"] += 1
+            if task.add_piece(model.token_to_piece(token, False)):
+                task.finish("word")
+            elif len(task.tokens) == task.n_predict or slot.n_past + 1 >= self.n_ctx_slot:
+                task.finish("limit")
+        if task.done:
+            self._release(slot)

@@ -1,0 +1,56 @@
+"""The server: engine, API and serial REPL as tasks of one asyncio loop.
+
+From the serial REPL while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
+or a new handler for a route through server.app (microdot's app.route)."""
+import asyncio
+import gc
+import time
+
+from cllm import api, repl
+from cllm.engine import Engine
+
+app = api.app
+settings = None
+engine = None
+
+
+def stats():
+    """What the server is doing: state, slots, queue, token counts, heap."""
+    out = {"state": engine.state, "slots_busy": len(engine.busy_slots()), "slots": len(engine.slots),
+           "waiting": len(engine.waiting), "heap_free": gc.mem_free()}
+    out.update(engine.stats)
+    return out
+
+
+def load_model():
+    t0 = time.ticks_ms()
+    print("cllm: loading {} (n_ctx={}, parallel={})".format(settings.model, settings.n_ctx, settings.parallel))
+    engine.load()
+    meta = engine.model.meta()
+    print("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
+        settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
+
+
+async def main(namespace):
+    global engine
+    engine = Engine(settings)
+    api.setup(engine, settings)
+    asyncio.create_task(app.start_server(port=settings.port))
+    await asyncio.sleep_ms(0)           # listening, and answering 503 until the model is there
+    try:
+        load_model()
+    except Exception as e:
+        print("cllm: cannot load {}: {}; not serving".format(settings.model, e))
+        app.shutdown()
+        await asyncio.sleep_ms(0)
+        return
+    namespace.update({"engine": engine, "app": app})
+    asyncio.create_task(repl.run(namespace))
+    await engine.run()
+
+
+def run(the_settings, namespace):
+    """Serve until Ctrl-C on the console, which leaves MicroPython's own REPL with namespace."""
+    global settings
+    settings = the_settings
+    asyncio.run(main(namespace))

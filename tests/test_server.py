@@ -1,0 +1,354 @@
+"""The HTTP server (frozen/cllm on microdot) in QEMU with the tiny GGUF as its boot module: every
+route, its errors, streaming, the openai client, concurrency, and the serial REPL while serving.
+HTTP goes only to 127.0.0.1, forwarded by QEMU to the guest's port 80."""
+import ast
+import http.client
+import json
+import re
+import socket
+import threading
+import time
+
+import openai
+import pytest
+
+from qemu import Guest, free_port
+from tinymodel import make_tiny_model
+
+PROMPT = "Once upon a time"
+
+
+def boot(model, append):
+    port = free_port()
+    g = Guest(modules=[model], append=append, mem="256M", timeout=120, hostfwd=[f"tcp:127.0.0.1:{port}-:80"])
+    g.port = port
+    g.expect(b"serving on port 80", timeout=120)
+    g.wait_prompt()
+    return g
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny.gguf"))
+
+
+@pytest.fixture(scope="module")
+def srv(model):
+    g = boot(model, "n_ctx=512 parallel=2")
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+def request(g, method, path, body=None, headers=None, raw=None, timeout=60):
+    """(status, parsed JSON or text) of one request; raw: bytes sent as the body as they are."""
+    c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=timeout)
+    data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    c.request(method, path, body=data, headers=hdrs)
+    r = c.getresponse()
+    text = r.read().decode()
+    c.close()
+    kind = r.getheader("Content-Type", "")
+    return r.status, json.loads(text) if kind.startswith("application/json") else text
+
+
+def events(g, path, body, headers=None):
+    """The data of each Server-Sent Event of a streaming request, JSON-parsed except [DONE]."""
+    status, text = request(g, "POST", path, body, headers)
+    assert status == 200, text
+    out = []
+    for block in text.split("\n\n"):
+        if block:
+            assert block.startswith("data: "), block
+            data = block[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def repl(g, line):
+    """What the serial REPL that runs while the server serves printed for one line (the console
+    may hold earlier log lines, e.g. tracebacks of malformed requests, before the echo)."""
+    out = g.line(line, timeout=60)
+    return out.rsplit(line.encode() + b"\r\n", 1)[-1]
+
+
+def guest_value(g, expr):
+    return ast.literal_eval(repl(g, expr).decode().strip().splitlines()[-1])
+
+
+def assert_error(status, body, code, type):
+    assert status == code, body
+    assert body["error"]["code"] == code and body["error"]["type"] == type and body["error"]["message"]
+
+
+def test_health_models_props(srv):
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+    assert request(srv, "GET", "/v1/health") == (200, {"status": "ok"})
+    for path in ("/v1/models", "/models"):
+        status, body = request(srv, "GET", path)
+        assert status == 200 and body["object"] == "list"
+        assert body["data"][0]["id"] == "tiny.gguf" and body["data"][0]["meta"]["n_vocab"] == 32000
+        assert body["data"][0]["meta"]["n_ctx"] == 256           # 512 cells, 2 slots
+        assert body["models"][0]["name"] == "tiny.gguf"
+    status, props = request(srv, "GET", "/props")
+    assert status == 200 and props["total_slots"] == 2 and props["model_path"] == "/tiny.gguf"
+    assert props["default_generation_settings"]["n_ctx"] == 256
+    assert props["default_generation_settings"]["params"]["temperature"] == 0.8
+    assert "<|im_start|>" in props["chat_template"] and props["bos_token"] == "<s>"
+
+
+def test_loading_model_answers_503(srv):
+    srv.line("engine.state = 'loading'")
+    try:
+        status, body = request(srv, "GET", "/health")
+        assert (status, body) == (503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        assert request(srv, "POST", "/completion", {"prompt": "x"})[0] == 503
+    finally:
+        srv.line("engine.state = 'ready'")
+    assert request(srv, "GET", "/health")[0] == 200
+
+
+def test_tokenize_detokenize(srv):
+    status, body = request(srv, "POST", "/tokenize", {"content": "Hello world"})
+    assert status == 200 and body == {"tokens": [15043, 3186]}
+    status, body = request(srv, "POST", "/tokenize", {"content": "Hello world", "add_special": True, "with_pieces": True})
+    assert body["tokens"] == [{"id": 1, "piece": "<s>"}, {"id": 15043, "piece": " Hello"}, {"id": 3186, "piece": " world"}]
+    assert request(srv, "POST", "/detokenize", {"tokens": [15043, 3186]}) == (200, {"content": " Hello world"})
+    status, body = request(srv, "POST", "/detokenize", {"tokens": [99999999]})
+    assert_error(status, body, 400, "invalid_request_error")
+
+
+def test_greedy_completion_equals_llm_module(srv):
+    srv.line("import llm")
+    want = guest_value(srv, f"list(engine.model.generate(engine.model.tokenize({PROMPT!r}, True, True), "
+                            "llm.Sampler(engine.model, temperature=0), max_tokens=16))")
+    want = [t for t in want if not guest_value(srv, f"engine.model.is_eog({t})")]
+    status, body = request(srv, "POST", "/completion", {"prompt": PROMPT, "n_predict": 16, "temperature": 0,
+                                                        "return_tokens": True})
+    assert status == 200
+    assert body["tokens"] == want
+    text = guest_value(srv, f"b''.join(engine.model.token_to_piece(t, False) for t in {want!r}).decode()")
+    assert body["content"] == text
+    assert body["tokens_predicted"] == len(want) and body["tokens_evaluated"] == 5
+    assert body["stop_type"] == ("limit" if len(want) == 16 else "eos") and body["stop"] is True
+    t = body["timings"]
+    assert t["prompt_n"] == 5 and t["predicted_n"] == len(want) and t["predicted_per_second"] > 0
+
+
+def greedy(srv, n=24, **extra):
+    body = {"prompt": PROMPT, "n_predict": n, "temperature": 0}
+    body.update(extra)
+    status, out = request(srv, "POST", "/completion", body)
+    assert status == 200, out
+    return out
+
+
+def test_stop_strings(srv):
+    full = greedy(srv)["content"]
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    out = greedy(srv, stop=[stop, "never appears"])
+    assert out["content"] == full[: full.index(stop)]
+    assert out["stop_type"] == "word" and out["stopping_word"] == stop
+    streamed = events(srv, "/completion", {"prompt": PROMPT, "n_predict": 24, "temperature": 0, "stop": stop,
+                                           "stream": True})
+    assert "".join(e["content"] for e in streamed) == out["content"]
+    assert streamed[-1]["stop_type"] == "word"
+
+
+def test_completion_stream(srv):
+    full = greedy(srv)
+    ev = events(srv, "/completion", {"prompt": PROMPT, "n_predict": 24, "temperature": 0, "stream": True})
+    assert all(e["stop"] is False for e in ev[:-1]) and ev[-1]["stop"] is True
+    assert len(ev) > 2 and "".join(e["content"] for e in ev) == full["content"]
+    assert ev[-1]["tokens_predicted"] == full["tokens_predicted"] and "timings" in ev[-1]
+
+
+def test_v1_completions_and_stream(srv):
+    status, body = request(srv, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "temperature": 0})
+    assert status == 200 and body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["choices"][0]["text"] == greedy(srv)["content"]
+    assert body["choices"][0]["finish_reason"] in ("length", "stop")
+    assert body["usage"]["prompt_tokens"] == 5
+    ev = events(srv, "/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": True})
+    assert ev[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in ev[:-1]) == body["choices"][0]["text"]
+    assert ev[-2]["choices"][0]["finish_reason"] == body["choices"][0]["finish_reason"]
+    assert all(e["choices"][0]["finish_reason"] is None for e in ev[:-2])
+
+
+def test_v1_chat_completions_and_stream(srv):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    status, body = request(srv, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 12, "temperature": 0})
+    assert status == 200 and body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    msg = body["choices"][0]["message"]
+    assert msg["role"] == "assistant" and msg["content"]
+    n_prompt = len(request(srv, "POST", "/tokenize", {"content": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user"
+                                                      "\nHi<|im_end|>\n<|im_start|>assistant\n", "add_special": True})[1]["tokens"])
+    assert body["usage"]["prompt_tokens"] == n_prompt
+    ev = events(srv, "/v1/chat/completions", {"messages": messages, "max_completion_tokens": 12, "temperature": 0,
+                                              "stream": True, "stream_options": {"include_usage": True}})
+    assert ev[-1] == "[DONE]"
+    assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert ev[-2]["choices"] == [] and ev[-2]["usage"]["completion_tokens"] == body["usage"]["completion_tokens"]
+    assert ev[-3]["choices"][0]["finish_reason"] == body["choices"][0]["finish_reason"]
+    assert ev[-3]["choices"][0]["delta"] == {}
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in ev[1:-3]) == msg["content"]
+    assert all(e["object"] == "chat.completion.chunk" for e in ev[:-1])
+
+
+def test_openai_client(srv):
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.port}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == ["tiny.gguf"]
+    c = client.completions.create(model="tiny.gguf", prompt=PROMPT, max_tokens=24, temperature=0)
+    assert c.choices[0].text == greedy(srv)["content"]
+    chat = client.chat.completions.create(model="tiny.gguf", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=10, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
+    pieces = []
+    finish = None
+    for chunk in client.chat.completions.create(model="tiny.gguf", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=10, temperature=0, stream=True):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == chat.choices[0].message.content
+    assert finish == chat.choices[0].finish_reason
+
+
+def test_errors_then_still_serving(srv):
+    status, body = request(srv, "POST", "/completion", raw=b'{"prompt": "x", ')
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "POST", "/completion", raw=b'{"prompt": "\xff\xfe"}')
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "POST", "/completion", {"prompt": "x", "n_predict": "many"})
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "POST", "/completion", {"prompt": {"a": 1}})
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "POST", "/v1/chat/completions", {"messages": "hi"})
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "POST", "/completion", {"prompt": "x", "grammar": "root ::= nonsense ("})
+    assert_error(status, body, 400, "invalid_request_error")
+    status, body = request(srv, "GET", "/no/such/route")
+    assert (status, body) == (404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
+    status, body = request(srv, "GET", "/completion")
+    assert_error(status, body, 405, "invalid_request_error")
+    status, body = request(srv, "POST", "/completion", {"prompt": "hello " * 300})
+    assert_error(status, body, 400, "exceed_context_size_error")
+    assert body["error"]["n_ctx"] == 256 and body["error"]["n_prompt_tokens"] > 256
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b"NONSENSE\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.0 400")
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+    assert greedy(srv, n=4)["tokens_predicted"] == 4
+
+
+def metric(srv, name):
+    text = request(srv, "GET", "/metrics")[1]
+    return float(re.search(r"^llamacpp:%s (\S+)$" % name, text, re.M).group(1))
+
+
+def stream_chat(srv, results, i, n=40):
+    try:
+        results[i] = events(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": f"Story {i}"}],
+                                                          "max_tokens": n, "temperature": 0, "stream": True})
+    except Exception as e:      # noqa: BLE001 — reported by the test
+        results[i] = e
+
+
+def test_two_streams_at_once_and_health_meanwhile(srv):
+    decodes_before = metric(srv, "n_decode_total")
+    results = [None, None]
+    threads = [threading.Thread(target=stream_chat, args=(srv, results, i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    health = []
+    while any(t.is_alive() for t in threads):
+        t0 = time.monotonic()
+        health.append((request(srv, "GET", "/health")[0], time.monotonic() - t0))
+        time.sleep(0.05)
+    for r in results:
+        assert isinstance(r, list), r
+        assert r[-1] == "[DONE]" and r[-2]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert health and all(status == 200 for status, _ in health)
+    decodes = metric(srv, "n_decode_total") - decodes_before
+    n_tokens = sum(len(r) - 3 for r in results)          # content chunks, about one per token
+    assert decodes < n_tokens, (decodes, n_tokens)         # the two shared decodes
+
+
+def test_disconnect_stops_generation(srv):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    body = json.dumps({"prompt": PROMPT, "n_predict": 1000, "temperature": 0, "stream": True}).encode()
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+              % (len(body), body))
+    got = b""
+    while got.count(b"data: ") < 3:
+        got += s.recv(4096)
+    s.close()
+    for _ in range(100):
+        slots = request(srv, "GET", "/slots")[1]
+        if not any(x["is_processing"] for x in slots):
+            break
+        time.sleep(0.1)
+    assert not any(x["is_processing"] for x in slots)
+    decoded = max(x["next_token"][0]["n_decoded"] for x in slots if "next_token" in x)
+    assert decoded < 100, slots             # a slot holds 256; stopped long before
+
+
+def test_metrics_and_slots(srv):
+    status, text = request(srv, "GET", "/metrics")
+    assert status == 200
+    for name in ("prompt_tokens_total", "tokens_predicted_total", "requests_processing", "requests_deferred"):
+        assert f"# TYPE llamacpp:{name} " in text and f"\nllamacpp:{name} " in text
+    status, slots = request(srv, "GET", "/slots")
+    assert status == 200 and [s["id"] for s in slots] == [0, 1] and all(s["n_ctx"] == 256 for s in slots)
+
+
+def test_repl_live_while_serving(srv):
+    assert repl(srv, "1 + 1").strip() == b"2"
+    srv.send(b"for i in range(2):\r")
+    srv.expect_exact(b"... ")
+    srv.send(b"    print('line', i)\r")
+    srv.expect_exact(b"... ")
+    out = srv.line("")
+    assert b"line 0\r\nline 1\r\n" in out
+    assert b"ZeroDivisionError" in repl(srv, "1/0")
+    stats = guest_value(srv, "server.stats()")
+    assert stats["state"] == "ready" and stats["requests"] > 0 and stats["heap_free"] > 0
+    assert request(srv, "GET", "/health")[0] == 200
+
+
+def test_api_key_and_full_queue(model):
+    g = boot(model, "n_ctx=512 parallel=1 queue=0 api_key=secret alias=tiny max_body=2000")
+    try:
+        assert request(g, "GET", "/health")[0] == 200
+        # the unread body makes the guest's close a reset, which may cut the JSON error off: status only
+        assert request(g, "POST", "/completion", {"prompt": "x" * 3000}, headers={"Authorization": "Bearer secret"})[0] == 413
+        assert request(g, "GET", "/health")[0] == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            status, body = request(g, "GET", "/v1/models", headers=headers)
+            assert (status, body) == (401, {"error": {"code": 401, "message": "Invalid API Key",
+                                                      "type": "authentication_error"}})
+            assert request(g, "POST", "/completion", {"prompt": "x"}, headers=headers)[0] == 401
+        key = {"Authorization": "Bearer secret"}
+        status, body = request(g, "GET", "/v1/models", headers=key)
+        assert status == 200 and body["data"][0]["id"] == "tiny"
+        # one slot, no queue: while a generation runs, a second request is turned away
+        results = [None]
+        t = threading.Thread(target=lambda: results.__setitem__(0, request(
+            g, "POST", "/completion", {"prompt": PROMPT, "n_predict": 150, "temperature": 0}, headers=key)))
+        t.start()
+        for _ in range(100):
+            if request(g, "GET", "/slots", headers=key)[1][0]["is_processing"]:
+                break
+            time.sleep(0.05)
+        status, body = request(g, "POST", "/completion", {"prompt": "x", "n_predict": 2}, headers=key)
+        assert_error(status, body, 503, "unavailable_error")
+        t.join(120)
+        assert results[0][0] == 200 and results[0][1]["tokens_predicted"] > 0
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key="secret", max_retries=0)
+        assert client.completions.create(model="tiny", prompt="x", max_tokens=2).usage.completion_tokens >= 1
+    finally:
+        g.close()
