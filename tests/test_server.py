@@ -55,6 +55,26 @@ def request(g, method, path, body=None, headers=None, raw=None, timeout=60):
     return r.status, json.loads(text) if kind.startswith("application/json") else text
 
 
+def status_only(g, method, path, data, headers):
+    """The status of a request whose response body may be cut off by a reset."""
+    c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=60)
+    c.request(method, path, body=data, headers=dict(headers, **{"Content-Type": "application/json"}))
+    status = c.getresponse().status
+    c.close()
+    return status
+
+
+def preflight(g, path):
+    """A browser's CORS preflight from another origin: (status, lower-cased response headers)."""
+    c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=60)
+    c.request("OPTIONS", path, headers={"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
+                                       "Access-Control-Request-Headers": "authorization, content-type"})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}
+
+
 def events(g, path, body, headers=None):
     """The data of each Server-Sent Event of a streaming request, JSON-parsed except [DONE]."""
     status, text = request(g, "POST", path, body, headers)
@@ -297,6 +317,22 @@ def test_disconnect_stops_generation(srv):
     assert decoded < 100, slots             # a slot holds 256; stopped long before
 
 
+def test_cors(srv):
+    """Browser clients on other origins: preflight, then the answer carries the origin (as llama-server)."""
+    status, headers = preflight(srv, "/v1/chat/completions")
+    assert status == 200
+    assert headers["access-control-allow-origin"] == "http://example.test"
+    assert headers["access-control-allow-credentials"] == "true"
+    assert "POST" in headers["access-control-allow-methods"]
+    assert "authorization" in headers["access-control-allow-headers"].lower()
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    c.request("GET", "/health", headers={"Origin": "http://example.test"})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == "http://example.test"
+
+
 def test_metrics_and_slots(srv):
     status, text = request(srv, "GET", "/metrics")
     assert status == 200
@@ -325,7 +361,11 @@ def test_api_key_and_full_queue(model):
     try:
         assert request(g, "GET", "/health")[0] == 200
         # the unread body makes the guest's close a reset, which may cut the JSON error off: status only
-        assert request(g, "POST", "/completion", {"prompt": "x" * 3000}, headers={"Authorization": "Bearer secret"})[0] == 413
+        assert status_only(g, "POST", "/completion", json.dumps({"prompt": "x" * 3000}).encode(),
+                           {"Authorization": "Bearer secret"}) == 413
+        # a CORS preflight needs no key, as in llama-server
+        status, headers = preflight(g, "/v1/chat/completions")
+        assert status == 200 and headers["access-control-allow-origin"] == "http://example.test"
         assert request(g, "GET", "/health")[0] == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             status, body = request(g, "GET", "/v1/models", headers=headers)

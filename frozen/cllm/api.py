@@ -5,6 +5,7 @@ import random
 import time
 
 from microdot import Microdot, Request, Response
+from microdot.cors import CORS
 
 from cllm.engine import Busy, ContextExceeded, Task
 
@@ -15,6 +16,8 @@ SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.
             ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
 
 app = Microdot()
+# As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
+CORS(app, allowed_origins="*", allow_credentials=True)
 engine = None
 settings = None
 
