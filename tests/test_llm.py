@@ -111,6 +111,12 @@ def test_tokenizer_vectors_from_the_sdist(g, vocab):
     assert "cannot decode" in guest_error(g, "v.decode([1])")
 
 
+def test_load_progress_bar(g):
+    out = run(g, "p = llm.Model('/tiny.gguf', n_ctx=64, progress=True)\np.close()\nprint('loaded')")
+    assert "llm: loading [" in out and "[" + "#" * 40 + "] 100%\r\n" in out
+    assert out.count("100%") == 1 and out.strip().endswith("loaded")
+
+
 def test_chat_template(g):
     out = ast.literal_eval(run(g, "print(repr(m.apply_chat_template([{'role': 'system', 'content': 'Be brief.'}, "
                                   "{'role': 'user', 'content': 'Hi'}])))"))

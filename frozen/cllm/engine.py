@@ -175,7 +175,7 @@ class Engine:
     def load(self):
         s = self.settings
         try:
-            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel)
+            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, progress=True)
         except Exception as e:
             self.state, self.load_error = "error", e
             raise

@@ -142,9 +142,26 @@ mp_obj_t llm_model_close(mp_obj_t self_in) {
     return mp_const_none;
 }
 
-// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1, vocab_only=False)
+// A bar on the console as llama.cpp maps and checks the weights (Model(..., progress=True)).
+static int progress_shown;      // '#'s drawn so far in this load; -1 once the bar is complete
+
+static bool print_progress(float done, void *) {
+    int filled = done >= 1.0f ? 40 : (int)(done * 40.0f);
+    if (progress_shown >= 0 && filled != progress_shown) {
+        char bar[41];
+        for (int i = 0; i < 40; i++) {
+            bar[i] = i < filled ? '#' : '.';
+        }
+        bar[40] = 0;
+        fprintf(stderr, "\rllm: loading [%s] %3d%%%s", bar, filled * 100 / 40, filled == 40 ? "\n" : "");
+        progress_shown = filled == 40 ? -1 : filled;
+    }
+    return true;
+}
+
+// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1, vocab_only=False, progress=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_vocab_only };
+    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_vocab_only, ARG_progress };
     static const mp_arg_t allowed[] = {
         { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
@@ -152,6 +169,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
         { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 1} },
         { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
+        { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
     mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
     mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed), allowed, args);
@@ -177,6 +195,10 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     llama_model_params mparams = llama_model_default_params();
     mparams.load_mode = LLAMA_LOAD_MODE_MMAP;   // a boot module: mmap hands out its own memory
     mparams.vocab_only = args[ARG_vocab_only].u_bool;
+    if (args[ARG_progress].u_bool) {
+        progress_shown = 0;
+        mparams.progress_callback = print_progress;
+    }
     GUARD(self->model = llama_model_load_from_file(path, mparams));
     if (!self->model) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("cannot load %s: %s"), path,
