@@ -802,11 +802,11 @@ mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *pos_args, mp_map_t *k
     }
     int seq = seq_arg(m, MP_OBJ_NEW_SMALL_INT(args[ARG_seq_id].u_int));
     size_t n;
-    tokens_arg(m, args[ARG_tokens].u_obj, &n);      // validate now, not at the first step
-    mp_obj_t prompt = mp_obj_new_list(0, nullptr);
     mp_obj_t *items;
     mp_obj_get_array(args[ARG_tokens].u_obj, &n, &items);
+    mp_obj_t prompt = mp_obj_new_list(0, nullptr);
     for (size_t i = 0; i < n; i++) {
+        token_arg(m, items[i]);                     // validate now, not at the first step
         mp_obj_list_append(prompt, items[i]);
     }
     if (n == 0 && m->logits_index[seq] < 0) {

@@ -32,14 +32,6 @@ static uint32_t copy_str(char *dst, const char *src, uint32_t max) {
     return n;
 }
 
-static int str_eq(const char *a, const char *b) {
-    while (*a && *a == *b) {
-        a++;
-        b++;
-    }
-    return *a == *b;
-}
-
 // A module's name is the basename of the first word of its loader string ("path args").
 static void module_name(char *dst, const char *src) {
     const char *start = src;
@@ -207,7 +199,7 @@ uint32_t boot_main(uint32_t magic, const struct multiboot_info *mbi) {
     }
     // QEMU's own Multiboot loader hands over RAM as the machine powered on: all zero.
     // After GRUB or on real hardware, free memory may hold anything.
-    int fresh = (mbi->flags & (1u << 9)) && mbi->boot_loader_name && str_eq((const char *)mbi->boot_loader_name, "qemu");
+    int fresh = (mbi->flags & (1u << 9)) && mbi->boot_loader_name && kstr_eq((const char *)mbi->boot_loader_name, "qemu");
     mem_init(kernel.free_start, kernel.free_end, fresh);
 
     clock_init();

@@ -25,24 +25,16 @@ static struct open_file fds[FD_MAX] = {
     [0] = { FD_CONSOLE, 0, 0 }, [1] = { FD_CONSOLE, 0, 0 }, [2] = { FD_CONSOLE, 0, 0 },
 };
 
-static int streq(const char *a, const char *b) {
-    while (*a && *a == *b) {
-        a++;
-        b++;
-    }
-    return *a == *b;
-}
-
 // "/name", "name", "./name", "/" and "." — the namespace is flat, so anything else is absent.
 static int lookup(const char *path) {
     while (*path == '/' || (path[0] == '.' && path[1] == '/')) {
         path += *path == '/' ? 1 : 2;
     }
-    if (*path == 0 || streq(path, ".")) {
+    if (*path == 0 || kstr_eq(path, ".")) {
         return ROOT;
     }
     for (uint32_t i = 0; i < kernel.module_count; i++) {
-        if (streq(path, kernel.modules[i].name)) {
+        if (kstr_eq(path, kernel.modules[i].name)) {
             return (int)i;
         }
     }

@@ -36,6 +36,15 @@ const char *cmdline_get(const char *key, char *buf, size_t buflen);
 // Power off: through QEMU's isa-debug-exit if present, else halt this CPU forever.
 void kernel_exit(int status) __attribute__((noreturn));
 
+// String equality for code that must not call glibc (before _start, inside the shim).
+static inline int kstr_eq(const char *a, const char *b) {
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
 // Interrupt-flag helpers.
 static inline uint32_t irq_save(void) {
     uint32_t flags;
