@@ -50,7 +50,7 @@ async def udp_reader():
     while True:
         udp_count += len(await r.read(2048)) // 32     # the flood's datagrams are 32 bytes
 async def main():
-    await asyncio.start_server(echo, '0.0.0.0', 80, backlog=16)
+    await asyncio.start_server(echo, '0.0.0.0', 80, backlog=32)   # room beyond the 16 simultaneous clients
     asyncio.create_task(udp_reader())
     print('echo: listening')
     while True:
