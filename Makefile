@@ -17,15 +17,23 @@ DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # The machine every target boots: TCG (no KVM for i386 guests here), the e1000 on a user-mode
 # network that reaches nothing but the forwarded port, and isa-debug-exit so that the kernel's
 # exit status (and a panic) ends QEMU with status (code << 1) | 1.
-QEMU_ARGS = -machine pc -accel tcg -cpu $(CPU) -m $(MEM) -no-reboot \
+QEMU_MACHINE = -machine pc -accel tcg -cpu $(CPU) -m $(MEM) -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 \
-	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0 \
-	-kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
+	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0
+QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
+
+# `make image`: the kernel command line baked into the image, from these and APPEND.
+IMAGE    ?= $(BUILD)/cllm.iso
+N_CTX    ?=
+PARALLEL ?=
+API_KEY  ?=
+IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=$(PARALLEL)) \
+	$(if $(API_KEY),api_key=$(API_KEY)) $(APPEND))
 # Serial console on this terminal, multiplexed with the QEMU monitor: Ctrl-A x quits,
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
 QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
 
-.PHONY: all help setup deps kernel run run-debug test bench bench-llm clean distclean
+.PHONY: all help setup deps kernel run run-debug image run-image test bench bench-llm clean distclean
 
 all: kernel
 
@@ -34,6 +42,9 @@ help:
 	@echo "  make [kernel]   set up (Debian packages, venv, sources) and build $(KERNEL); prints its stripped size"
 	@echo "  make run        boot the kernel in QEMU, serial console on this terminal (Ctrl-A x quits)"
 	@echo "  make run-debug  as run, but QEMU waits for gdb on :1234 (gdb $(KERNEL) -ex 'target remote :1234')"
+	@echo "  make image      one bootable BIOS image $(IMAGE) (hybrid ISO: CD or raw disk/USB stick): GRUB,"
+	@echo "                  the kernel, MODEL as boot module and the command line; prints its size"
+	@echo "  make run-image  boot $(IMAGE) with qemu-system-i386 -cdrom (serial console here, as run)"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
 	@echo "  make bench      boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
@@ -44,6 +55,7 @@ help:
 	@echo "variables: MEM=$(MEM) PORT=$(PORT) (host 127.0.0.1:PORT -> guest :80) CPU=$(CPU)"
 	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
 	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
+	@echo "           image only: N_CTX= PARALLEL= API_KEY= (added to the command line), IMAGE=$(IMAGE)"
 
 # --- set-up: each step leaves a stamp, so a second run touches no network -----------------
 $(BUILD)/.sysdeps: deps/sysdeps.sh
@@ -94,6 +106,15 @@ run-debug: kernel $(MODEL_DEP)
 	@$(CHECK_MODEL)
 	@echo "QEMU waits for gdb: gdb $(KERNEL) -ex 'target remote :1234'"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE) -s -S
+
+# --- the appliance image ------------------------------------------------------------------
+image: kernel $(MODEL_DEP)
+	@$(CHECK_MODEL)
+	@port/mkimage.sh $(KERNEL) "$(MODEL)" $(IMAGE) "$(IMAGE_CMDLINE)"
+
+run-image: image
+	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
+	-@qemu-system-i386 $(QEMU_MACHINE) -cdrom $(IMAGE) $(QEMU_CONSOLE)
 
 # --- tests and benchmarks -----------------------------------------------------------------
 test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp

@@ -6,7 +6,9 @@ set -euo pipefail
 # gcc/g++-multilib: the i386 kernel build; qemu-system-x86: running it; ccache, make, cmake: building;
 # xz-utils: unpacking the Debian .orig.tar.xz sources; debian-archive-keyring: deps/fetch.sh's apt-src.
 # qemu-user: bench/llm.py runs the same llama.cpp build under qemu-i386 as the emulator's ceiling.
-packages=(gcc-multilib g++-multilib qemu-system-x86 qemu-user ccache xz-utils make cmake debian-archive-keyring)
+# grub-pc-bin, grub-common, xorriso, mtools: `make image` (grub-mkrescue's BIOS hybrid ISO).
+packages=(gcc-multilib g++-multilib qemu-system-x86 qemu-user ccache xz-utils make cmake debian-archive-keyring
+	grub-pc-bin grub-common xorriso mtools)
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 
