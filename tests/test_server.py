@@ -166,6 +166,30 @@ def greedy(srv, n=24, **extra):
     return out
 
 
+def test_logit_bias(srv):
+    first = greedy(srv, n=4, return_tokens=True)["tokens"]
+    # banning the greedy first token (in each of llama-server's three spellings) changes the first token
+    for bias in ([[first[0], False]], {str(first[0]): False}, [[first[0], -1e9]]):
+        assert greedy(srv, n=4, return_tokens=True, logit_bias=bias)["tokens"][0] != first[0], bias
+    # a strong positive bias makes that token the greedy choice; ids outside the vocabulary are skipped
+    favoured = 1000 if first[0] != 1000 else 1001          # an ordinary piece of the llama vocabulary
+    out = greedy(srv, n=1, return_tokens=True, logit_bias=[[favoured, 1e9], [10 ** 9, 5]])
+    assert out["tokens"] == [favoured]
+    # text stands for its tokens
+    pieces = request(srv, "POST", "/tokenize", {"content": "upon the hill"})[1]["tokens"]
+    assert len(pieces) > 1
+    assert greedy(srv, n=1, return_tokens=True, logit_bias=[["upon the hill", 1e9]])["tokens"][0] in pieces
+    assert greedy(srv, n=1, return_tokens=True, logit_bias={"upon the hill": 1e9})["tokens"][0] in pieces
+    # the OpenAI route takes the same field
+    status, body = request(srv, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "temperature": 0,
+                                                            "logit_bias": {str(favoured): 100}})
+    assert status == 200 and body["choices"][0]["text"] == request(
+        srv, "POST", "/detokenize", {"tokens": [favoured]})[1]["content"]
+    for bad in ("x", [[1]], [[1, "high"]], [[None, 1]]):
+        status, body = request(srv, "POST", "/completion", {"prompt": PROMPT, "logit_bias": bad})
+        assert_error(status, body, 400, "invalid_request_error")
+
+
 def test_stop_strings(srv):
     full = greedy(srv)["content"]
     stop = full[len(full) // 2: len(full) // 2 + 3]

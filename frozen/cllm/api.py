@@ -129,6 +129,40 @@ def stop_list(body):
     raise bad_request("'stop' must be a string or an array of strings")
 
 
+def logit_bias(body):
+    """llama-server's logit_bias: [[token id or text, bias], ...] or {"token id or text": bias}; a
+    bias of false bans the token(s); text stands for each of its tokens. Ids outside the vocabulary
+    are skipped as upstream does; entries of the wrong shape are a 400 here, not skipped."""
+    value = body.get("logit_bias")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list) and all(isinstance(e, list) and len(e) == 2 for e in value):
+        pairs = value
+    else:
+        raise bad_request("'logit_bias' must be an object or an array of [token, bias] pairs")
+    n_vocab = engine.model.meta()["n_vocab"]
+    bias = {}
+    for key, b in pairs:
+        if b is not False and (isinstance(b, bool) or not isinstance(b, (int, float))):
+            raise bad_request("a 'logit_bias' value must be a number or false")
+        if isinstance(key, str):
+            try:
+                key = int(key)
+            except ValueError:
+                pass
+        if isinstance(key, int) and not isinstance(key, bool):
+            tokens = [key] if 0 <= key < n_vocab else []
+        elif isinstance(key, str):
+            tokens = engine.model.tokenize(key, False, False)
+        else:
+            raise bad_request("a 'logit_bias' token must be a token id or a string")
+        for t in tokens:
+            bias[t] = b if b is False else float(b)     # false: never (-inf in the sampler)
+    return bias or None
+
+
 def prompt_tokens(prompt):
     """A prompt as llama-server takes it: a string, token ids, or a one-element array of either."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -150,6 +184,7 @@ def new_task(body, tokens, n_predict):
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
     kw["grammar"] = field(body, "grammar", str, None)
+    kw["logit_bias"] = logit_bias(body)
     try:
         sampler = engine.sampler(**kw)
         task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False))
