@@ -190,6 +190,22 @@ def test_logit_bias(srv):
         assert_error(status, body, 400, "invalid_request_error")
 
 
+def test_response_format_json_object(srv):
+    body = {"messages": [{"role": "user", "content": "Describe a cat as JSON"}], "max_tokens": 48,
+            "temperature": 0, "response_format": {"type": "json_object"}}
+    status, out = request(srv, "POST", "/v1/chat/completions", body)
+    assert status == 200, out
+    text = out["choices"][0]["message"]["content"]
+    assert text.lstrip().startswith("{"), text
+    if out["choices"][0]["finish_reason"] == "stop":        # the grammar closed the object
+        assert isinstance(json.loads(text), dict), text
+    plain = dict(body, response_format={"type": "text"})
+    assert request(srv, "POST", "/v1/chat/completions", plain)[0] == 200
+    for bad in ({"type": "yaml"}, "json", {"type": "json_schema", "json_schema": {"schema": {}}}):
+        status, err = request(srv, "POST", "/v1/chat/completions", dict(body, response_format=bad))
+        assert_error(status, err, 400, "invalid_request_error")
+
+
 def test_stop_strings(srv):
     full = greedy(srv)["content"]
     stop = full[len(full) // 2: len(full) // 2 + 3]

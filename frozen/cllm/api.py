@@ -15,6 +15,16 @@ SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.
             ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),
             ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
 
+# response_format {"type": "json_object"}: a JSON object, as llama.cpp's grammars/json.gbnf writes it.
+JSON_OBJECT_GRAMMAR = r"""root ::= object
+value ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}" ws
+array ::= "[" ws ( value ( "," ws value )* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\"" ws
+number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9] [1-9]{0,15} )? ws
+ws ::= | " " | "\n" [ \t]{0,20}
+"""
+
 app = Microdot()
 # As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
 CORS(app, allowed_origins="*", allow_credentials=True)
@@ -129,6 +139,18 @@ def stop_list(body):
     raise bad_request("'stop' must be a string or an array of strings")
 
 
+def response_format(body):
+    """The grammar for OpenAI's response_format: text (none) or json_object."""
+    fmt = field(body, "response_format", dict, None)
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return JSON_OBJECT_GRAMMAR
+    if fmt.get("type") == "json_schema":
+        raise bad_request("response_format json_schema is not supported yet; use json_object or a 'grammar'")
+    raise bad_request("'response_format' type must be text, json_object or json_schema")
+
+
 def logit_bias(body):
     """llama-server's logit_bias: [[token id or text, bias], ...] or {"token id or text": bias}; a
     bias of false bans the token(s); text stands for each of its tokens. Ids outside the vocabulary
@@ -183,7 +205,7 @@ def new_task(body, tokens, n_predict):
     kw = {}
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
-    kw["grammar"] = field(body, "grammar", str, None)
+    kw["grammar"] = field(body, "grammar", str, None) or response_format(body)
     kw["logit_bias"] = logit_bias(body)
     try:
         sampler = engine.sampler(**kw)
