@@ -206,6 +206,25 @@ def test_response_format_json_object(srv):
         assert_error(status, err, 400, "invalid_request_error")
 
 
+def test_n_choices(srv):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0}
+    status, one = request(srv, "POST", "/v1/chat/completions", body)
+    assert status == 200, one
+    status, two = request(srv, "POST", "/v1/chat/completions", dict(body, n=2))
+    assert status == 200, two
+    assert [c["index"] for c in two["choices"]] == [0, 1]
+    assert [c["message"]["content"] for c in two["choices"]] == [one["choices"][0]["message"]["content"]] * 2
+    assert two["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"]
+    assert two["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    status, out = request(srv, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "n": 2,
+                                                          "temperature": 1.5, "seed": 7})
+    assert status == 200 and [c["index"] for c in out["choices"]] == [0, 1], out
+    for bad in ({"n": 0}, {"n": 3}, {"n": "2"}, {"n": 2, "stream": True}):      # the server has 2 slots
+        status, err = request(srv, "POST", "/v1/chat/completions", dict(body, **bad))
+        assert_error(status, err, 400, "invalid_request_error")
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+
+
 def test_stop_strings(srv):
     full = greedy(srv)["content"]
     stop = full[len(full) // 2: len(full) // 2 + 3]

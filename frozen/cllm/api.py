@@ -402,8 +402,8 @@ def finish_reason(task):
     return "stop" if task.stop_type in ("eos", "word") else "length"
 
 
-def usage(task):
-    n_prompt, n_gen = len(task.prompt), len(task.tokens)
+def usage(task, *more):
+    n_prompt, n_gen = len(task.prompt), sum(len(t.tokens) for t in (task,) + more)
     return {"completion_tokens": n_gen, "prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen,
             "prompt_tokens_details": {"cached_tokens": 0}}
 
@@ -415,6 +415,36 @@ def oai_object(cid, kind, **fields):
     return obj
 
 
+def choice_tasks(body, tokens, n_predict):
+    """One task per requested choice (`n`, llama-server's n_cmpl: 1 to the number of slots)."""
+    n = field(body, "n", int, 1)
+    if not 1 <= n <= settings.parallel:
+        raise bad_request("'n' must be between 1 and {} (the server's parallel slots)".format(settings.parallel))
+    if n > 1 and field(body, "stream", bool, False):
+        raise bad_request("'n' above 1 is not supported with stream yet")
+    tasks = []
+    try:
+        for _ in range(n):
+            tasks.append(new_task(body, tokens, n_predict))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+    return tasks
+
+
+async def all_finished(tasks):
+    """The texts of every task; if one fails, the others stop too."""
+    texts = []
+    try:
+        for t in tasks:
+            texts.append(await finished(t))     # (MicroPython has no await in a comprehension)
+        return texts
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def include_usage(body):
     opts = body.get("stream_options")
     return isinstance(opts, dict) and opts.get("include_usage") is True
@@ -424,7 +454,8 @@ def include_usage(body):
 @api
 async def oai_completions(req):
     body = body_of(req)
-    task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    tasks = choice_tasks(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    task = tasks[0]
     cid = completion_id("cmpl-")
 
     def choice(text, reason):
@@ -434,9 +465,10 @@ async def oai_completions(req):
             return [oai_object(cid, "text_completion", choices=choice("", finish_reason(task)), usage=usage(task),
                                timings=task.timings()), b"[DONE]"]
         return StreamResponse(task, lambda text: [oai_object(cid, "text_completion", choices=choice(text, None))], last)
-    text = await finished(task)
-    return oai_object(cid, "text_completion", choices=choice(text, finish_reason(task)), usage=usage(task),
-                      timings=task.timings())
+    texts = await all_finished(tasks)
+    choices = [{"text": text, "index": i, "logprobs": None, "finish_reason": finish_reason(t)}
+               for i, (t, text) in enumerate(zip(tasks, texts))]
+    return oai_object(cid, "text_completion", choices=choices, usage=usage(*tasks), timings=task.timings())
 
 
 def chat_prompt(body):
@@ -465,7 +497,9 @@ def chat_prompt(body):
 async def oai_chat(req):
     body = body_of(req)
     prompt = chat_prompt(body)
-    task = new_task(body, prompt_tokens(prompt), n_predict_of(body, "n_predict", "max_completion_tokens", "max_tokens"))
+    tasks = choice_tasks(body, prompt_tokens(prompt),
+                         n_predict_of(body, "n_predict", "max_completion_tokens", "max_tokens"))
+    task = tasks[0]
     cid = completion_id("chatcmpl-")
 
     def chunk(delta, reason=None):
@@ -489,10 +523,11 @@ async def oai_chat(req):
             out[-1]["timings"] = task.timings()
             return out + [b"[DONE]"]
         return StreamResponse(task, chunks, last)
-    text = await finished(task)
-    return oai_object(cid, "chat.completion", usage=usage(task), timings=task.timings(),
-                      choices=[{"finish_reason": finish_reason(task), "index": 0,
-                                "message": {"role": "assistant", "content": text}}])
+    texts = await all_finished(tasks)
+    return oai_object(cid, "chat.completion", usage=usage(*tasks), timings=task.timings(),
+                      choices=[{"finish_reason": finish_reason(t), "index": i,
+                                "message": {"role": "assistant", "content": text}}
+                               for i, (t, text) in enumerate(zip(tasks, texts))])
 
 
 # ---------------------------------------------------------------- slots and metrics
