@@ -205,7 +205,8 @@ def new_task(body, tokens, n_predict):
     kw = {}
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
-    kw["grammar"] = field(body, "grammar", str, None) or response_format(body)
+    json_grammar = response_format(body)        # checked even when a grammar is given (which wins)
+    kw["grammar"] = field(body, "grammar", str, None) or json_grammar
     kw["logit_bias"] = logit_bias(body)
     try:
         sampler = engine.sampler(**kw)
