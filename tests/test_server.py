@@ -34,7 +34,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(model):
-    g = boot(model, "n_ctx=512 parallel=2")
+    g = boot(model, "n_ctx=512 parallel=2 timeout=3 max_headers=32")     # the openai client sends 17 headers
     try:
         yield g
     finally:
@@ -322,6 +322,47 @@ def test_errors_then_still_serving(srv):
         assert s.recv(100).startswith(b"HTTP/1.0 400")
     assert request(srv, "GET", "/health") == (200, {"status": "ok"})
     assert greedy(srv, n=4)["tokens_predicted"] == 4
+
+
+def raw_exchange(srv, data, timeout=30):
+    """Send bytes as they are; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                return out
+            out += b
+
+
+def test_slow_senders_and_header_limits(srv):
+    slow = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    slow.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\n")          # ...and nothing more
+    start = time.monotonic()
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})  # others are served meanwhile
+    out = b""
+    while not out.endswith(b"}"):
+        b = slow.recv(4096)
+        if not b:
+            break
+        out += b
+    waited = time.monotonic() - start
+    slow.close()
+    assert out.startswith(b"HTTP/1.0 408"), out
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == 408
+    assert 2 < waited < 10, waited                                     # timeout=3 on the command line
+    # a body promised but never sent in full times out the same way
+    out = raw_exchange(srv, b"POST /completion HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+    assert out.startswith(b"HTTP/1.0 408"), out
+    many = b"GET /health HTTP/1.1\r\n" + b"".join(b"X-H%d: y\r\n" % i for i in range(33)) + b"\r\n"
+    out = raw_exchange(srv, many)
+    assert out.startswith(b"HTTP/1.0 431") and b"More than 32 header lines" in out, out
+    enough = b"GET /health HTTP/1.1\r\n" + b"".join(b"X-H%d: y\r\n" % i for i in range(32)) + b"\r\n"
+    assert raw_exchange(srv, enough).startswith(b"HTTP/1.0 200")
+    out = raw_exchange(srv, b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 3000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.0 400"), out
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
 
 
 def metric(srv, name):

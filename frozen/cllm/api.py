@@ -1,5 +1,6 @@
 """The HTTP API on microdot, in llama.cpp's tools/server shapes: its native routes (/completion,
 /tokenize, /props, ...) and the OpenAI-compatible /v1 routes, errors as {"error": {code, message, type}}."""
+import asyncio
 import json
 import random
 import time
@@ -25,7 +26,92 @@ number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9]
 ws ::= | " " | "\n" [ \t]{0,20}
 """
 
-app = Microdot()
+class RequestTimeout(Exception):
+    pass
+
+
+class TooManyHeaders(Exception):
+    pass
+
+
+class Deadline:
+    """A client's input stream as Request.create reads it: every read must finish before the
+    request's deadline, and only so many lines (request line and headers) may come."""
+
+    def __init__(self, stream, seconds, max_lines):
+        self.stream = stream
+        self.end = time.ticks_add(time.ticks_ms(), int(seconds * 1000))
+        self.lines_left = max_lines
+
+    async def _within(self, read):
+        ms = time.ticks_diff(self.end, time.ticks_ms())
+        if ms <= 0:
+            raise RequestTimeout()
+        try:
+            return await asyncio.wait_for_ms(read, ms)
+        except asyncio.TimeoutError:
+            raise RequestTimeout()
+
+    async def readline(self):
+        self.lines_left -= 1
+        if self.lines_left < 0:
+            raise TooManyHeaders()
+        return await self._within(self.stream.readline())
+
+    async def readexactly(self, n):
+        return await self._within(self.stream.readexactly(n))
+
+    async def skip_headers(self, most=1024):
+        """Read (up to `most`) header lines to the blank line, within the deadline, errors ignored."""
+        try:
+            for _ in range(most):
+                if (await self._within(self.stream.readline())).strip() == b"":
+                    return
+        except (RequestTimeout, OSError):
+            pass
+
+    async def read(self, n=-1):
+        return await self._within(self.stream.read(n))
+
+
+class Server(Microdot):
+    """microdot, with what a server on a network needs before a request reaches a route: the whole
+    request within `timeout` seconds and at most `max_headers` header lines, else 408 or 431 in
+    llama-server's error shape and the connection closed, instead of a slot held forever."""
+
+    async def handle_request(self, reader, writer):
+        limited = Deadline(reader, settings.timeout, settings.max_headers + 2)   # + request line, blank line
+        try:
+            req = await Request.create(self, limited, writer, writer.get_extra_info("peername"))
+        except RequestTimeout:
+            return await self.refuse(writer, ApiError(408, "Request timed out", "invalid_request_error"))
+        except TooManyHeaders:
+            await limited.skip_headers()        # closing on unread data would reset the answer away
+            return await self.refuse(writer, ApiError(431, "More than {} header lines".format(settings.max_headers),
+                                                      "invalid_request_error"))
+        except OSError:
+            return await self.refuse(writer, None)
+        except Exception:                   # a malformed request line or header (microdot's ValueErrors)
+            req = None                      # dispatch_request(None) answers 400
+        res = await self.dispatch_request(req)
+        try:
+            if res != Response.already_handled:
+                await res.write(writer)
+            await writer.aclose()
+        except OSError:
+            pass
+
+    async def refuse(self, writer, error):
+        try:
+            if error is not None:
+                body, code = error.response()
+                await Response(body, code, {"Connection": "close"}).write(writer)
+            await writer.aclose()
+        except OSError:
+            pass
+
+
+app = Server()
 # As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
 CORS(app, allowed_origins="*", allow_credentials=True)
 engine = None

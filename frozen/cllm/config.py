@@ -9,6 +9,8 @@
     alias=...         model name in the API (default: the model file's name)
     port=80           TCP port to listen on
     max_body=262144   largest request body in bytes (413 beyond)
+    timeout=60        seconds a client has to send its whole request (408 beyond; llama-server's --timeout)
+    max_headers=64    header lines a request may carry (431 beyond)
     serve=0           do not start the server even with a model and a NIC
 """
 import kernel
@@ -23,6 +25,8 @@ DEFAULTS = {
     "alias": None,
     "port": 80,
     "max_body": 256 * 1024,
+    "timeout": 60,
+    "max_headers": 64,
     "serve": 1,
 }
 
