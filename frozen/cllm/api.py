@@ -250,7 +250,7 @@ def logit_bias(body):
         pairs = value
     else:
         raise bad_request("'logit_bias' must be an object or an array of [token, bias] pairs")
-    n_vocab = engine.model.meta()["n_vocab"]
+    n_vocab = engine.meta["n_vocab"]
     bias = {}
     for key, b in pairs:
         if b is not False and (isinstance(b, bool) or not isinstance(b, (int, float))):
@@ -375,7 +375,7 @@ async def health(req):
 
 
 def model_info():
-    meta = engine.model.meta()
+    meta = engine.meta
     return {"id": settings.alias, "aliases": [settings.alias], "tags": [], "object": "model",
             "created": int(time.time()), "owned_by": "llamacpp",
             "meta": {"vocab_type": 1, "n_vocab": meta["n_vocab"], "n_ctx": engine.n_ctx_slot,
@@ -405,7 +405,7 @@ def token_text(token):
 
 @app.get("/props")
 async def props(req):
-    meta = engine.model.meta()
+    meta = engine.meta
     return {"default_generation_settings": {"params": params_json(), "n_ctx": engine.n_ctx_slot},
             "total_slots": settings.parallel, "model_alias": settings.alias, "model_path": settings.model,
             "modalities": {"vision": False, "video": False, "audio": False},

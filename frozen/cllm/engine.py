@@ -164,6 +164,7 @@ class Engine:
     def __init__(self, settings):
         self.settings = settings
         self.model = None
+        self.meta = None
         self.state = "loading"          # "loading", "ready" or "error"
         self.load_error = None
         self.slots = [Slot(i) for i in range(settings.parallel)]
@@ -179,16 +180,14 @@ class Engine:
         except Exception as e:
             self.state, self.load_error = "error", e
             raise
-        self.n_ctx = self.model.meta()["n_ctx"]
+        self.meta = self.model.meta()   # fixed once loaded: read it here, not per request
+        self.n_ctx = self.meta["n_ctx"]
         self.n_ctx_slot = self.n_ctx // s.parallel
         self.state = "ready"
 
-    def sampler(self, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
-                repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None):
-        return llm.Sampler(self.model, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                           repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                           grammar=grammar, logit_bias=logit_bias)
+    def sampler(self, **options):
+        """An llm.Sampler for this model (its keyword arguments and defaults)."""
+        return llm.Sampler(self.model, **options)
 
     def submit(self, task):
         """Queue a task for the next free slot; raises ContextExceeded or Busy."""

@@ -26,7 +26,7 @@ def load_model():
     t0 = time.ticks_ms()
     print("cllm: loading {} (n_ctx={}, parallel={})".format(settings.model, settings.n_ctx, settings.parallel))
     engine.load()
-    meta = engine.model.meta()
+    meta = engine.meta
     print("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
         settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
 
