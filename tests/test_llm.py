@@ -154,6 +154,24 @@ print(type(lg).__name__, lg.dtype, len(lg), int(np.argmax(lg)), s.sample())
     assert out[3] == out[4]
 
 
+def test_probs_are_the_softmax_of_the_logits(g):
+    out = run(g, """
+from ulab import numpy as np
+m.kv_remove()
+m.decode(m.tokenize('The cat sat'))
+lg = m.logits()
+e = np.exp(lg - np.max(lg))
+sm = e / np.sum(e)
+order = np.argsort(lg, axis=0)
+p, top = m.probs(0, 5, 7)
+whole = m.probs(0, 32000)[1]
+print(p - sm[7], [t for t, q in top] == [int(order[-1 - i]) for i in range(5)],
+      max(abs(q - sm[t]) for t, q in top), abs(sum(q for t, q in whole) - 1), len(whole), m.probs(0, 0))
+""").split(None, 5)
+    assert abs(float(out[0])) < 1e-9 and out[1] == "True" and float(out[2]) < 1e-9 and float(out[3]) < 1e-6
+    assert out[4] == "32000" and out[5].strip() == "(None, [])"
+
+
 def test_multi_sequence_decode_equals_separate(g):
     out = run(g, """
 from ulab import numpy as np
@@ -203,6 +221,8 @@ print(repr(b''.join(yes_no)))
     ("llm.Model('/tiny.gguf', n_ctx=1 << 30)", "MemoryError"),
     ("llm.Sampler(m, grammar='root ::= (')", "ValueError: invalid grammar"),
     ("m.logits(1)", "ValueError: sequence 1 has no logits"),
+    ("m.probs(0, -1)", "ValueError: n must be >= 0"),
+    ("m.probs(0, 3, 32000)", "ValueError: token id 32000 out of range"),
 ])
 def test_errors_raise_and_the_repl_survives(g, code, error):
     assert error in guest_error(g, code)

@@ -190,6 +190,43 @@ def test_logit_bias(srv):
         assert_error(status, body, 400, "invalid_request_error")
 
 
+def test_probabilities(srv):
+    # n_probs: per generated token its logprob and the top n, before sampling (llama-server's shape)
+    out = greedy(srv, n=4, n_probs=3, return_tokens=True)
+    probs = out["completion_probabilities"]
+    assert [p["id"] for p in probs] == out["tokens"]
+    for p in probs:
+        top = p["top_logprobs"]
+        assert len(top) == 3 and [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert top[0]["id"] == p["id"] and top[0]["logprob"] == p["logprob"] <= 0     # greedy: the most probable
+        assert bytes(p["bytes"]).decode() == p["token"]
+    # (test_llm checks that they are the softmax of the logits)
+    # streamed: the same entries, spread over the chunks; `logprobs` is the alias on /v1/completions
+    streamed = [p for e in events(srv, "/completion", {"prompt": PROMPT, "n_predict": 4, "temperature": 0,
+                                                        "n_probs": 3, "stream": True})
+                for p in e.get("completion_probabilities", [])]
+    assert streamed == probs
+    status, v1 = request(srv, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "temperature": 0,
+                                                          "logprobs": 3})
+    assert status == 200 and v1["choices"][0]["logprobs"]["content"] == probs
+    # chat: logprobs true with top_logprobs, as OpenAI spells it; none asked, none given
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
+    status, out = request(srv, "POST", "/v1/chat/completions", dict(chat, logprobs=True, top_logprobs=2))
+    content = out["choices"][0]["logprobs"]["content"]
+    assert status == 200 and len(content) == out["usage"]["completion_tokens"]
+    assert all(len(c["top_logprobs"]) == 2 for c in content)
+    assert "".join(c["token"] for c in content) == out["choices"][0]["message"]["content"]
+    assert "logprobs" not in request(srv, "POST", "/v1/chat/completions", chat)[1]["choices"][0]
+    for path, bad in (("/v1/chat/completions", dict(chat, top_logprobs=2)),
+                      ("/v1/chat/completions", dict(chat, logprobs=True, top_logprobs=-1)),
+                      ("/completion", {"prompt": PROMPT, "n_probs": "3"}),
+                      ("/completion", {"prompt": PROMPT, "n_probs": 2, "post_sampling_probs": True}),
+                      ("/v1/completions", {"prompt": PROMPT, "echo": True}),
+                      ("/v1/completions", {"prompt": PROMPT, "best_of": 2})):
+        status, body = request(srv, "POST", path, bad)
+        assert_error(status, body, 400, "invalid_request_error")
+
+
 def test_response_format_json_object(srv):
     body = {"messages": [{"role": "user", "content": "Describe a cat as JSON"}], "max_tokens": 48,
             "temperature": 0, "response_format": {"type": "json_object"}}

@@ -2,13 +2,14 @@
 /tokenize, /props, ...) and the OpenAI-compatible /v1 routes, errors as {"error": {code, message, type}}."""
 import asyncio
 import json
+import math
 import random
 import time
 
 from microdot import Microdot, Request, Response
 from microdot.cors import CORS
 
-from cllm.engine import Busy, ContextExceeded, Task
+from cllm.engine import Busy, ContextExceeded, Task, utf8_complete
 
 FINGERPRINT = "cllm-0.1.0"
 PUBLIC = ("/health", "/v1/health")
@@ -271,6 +272,50 @@ def logit_bias(body):
     return bias or None
 
 
+def n_probs_of(body, chat=False):
+    """How many top probabilities to report per token: n_probs (alias logprobs) natively; in chat,
+    OpenAI's logprobs: true with top_logprobs (default 20), as llama-server maps them."""
+    if field(body, "post_sampling_probs", bool, False):
+        raise bad_request("'post_sampling_probs' is not supported; probabilities are before sampling")
+    if chat:
+        if field(body, "logprobs", bool, False):
+            n = field(body, "top_logprobs", int, 20)
+        elif body.get("top_logprobs") is not None:
+            raise bad_request("top_logprobs requires logprobs to be set to true")
+        else:
+            n = 0
+    else:
+        n = field(body, "n_probs", int, None)
+        if n is None:
+            n = field(body, "logprobs", int, 0)
+    if n < 0:
+        raise bad_request("the number of probabilities must not be negative")
+    return n
+
+
+def logprob(p):
+    return math.log(p) if p > 0 else -3.4028234663852886e38     # as llama-server: the lowest float, not -inf
+
+
+def token_json(token, p):
+    piece = engine.model.token_to_piece(token)
+    try:
+        text = piece[:utf8_complete(piece)].decode()
+    except ValueError:
+        text = ""
+    return {"id": token, "token": text, "bytes": list(piece), "logprob": logprob(p)}
+
+
+def probs_json(entries):
+    """llama-server's completion_probabilities: each token with its logprob and the top ones."""
+    out = []
+    for token, p, top in entries:
+        entry = token_json(token, p)
+        entry["top_logprobs"] = [token_json(t, q) for t, q in top]
+        out.append(entry)
+    return out
+
+
 def prompt_tokens(prompt):
     """A prompt as llama-server takes it: a string, token ids, or a one-element array of either."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -286,7 +331,7 @@ def prompt_tokens(prompt):
     return tokens
 
 
-def new_task(body, tokens, n_predict):
+def new_task(body, tokens, n_predict, n_probs=0):
     """Validate the sampling fields, build the sampler, queue the task."""
     kw = {}
     for name, kind, default in SAMPLING:
@@ -296,7 +341,7 @@ def new_task(body, tokens, n_predict):
     kw["logit_bias"] = logit_bias(body)
     try:
         sampler = engine.sampler(**kw)
-        task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False))
+        task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False), n_probs)
         return engine.submit(task)
     except ContextExceeded as e:
         raise ApiError(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
@@ -450,12 +495,15 @@ async def detokenize(req):
 
 # ---------------------------------------------------------------- native completion
 
-def native_final(task, content):
-    return {"index": 0, "content": content, "tokens": task.tokens if task.return_tokens else [],
+def native_final(task, content, streamed=False):
+    out = {"index": 0, "content": content, "tokens": task.tokens if task.return_tokens else [],
             "id_slot": task.slot, "stop": True, "model": settings.alias, "tokens_predicted": len(task.tokens),
             "tokens_evaluated": len(task.prompt), "generation_settings": params_json(), "prompt": "",
             "has_new_line": "\n" in task.text, "truncated": False, "stop_type": task.stop_type,
             "stopping_word": task.stopping_word, "tokens_cached": 0, "timings": task.timings()}
+    if task.probs and not streamed:        # a stream had them in its chunks
+        out["completion_probabilities"] = probs_json(task.probs)
+    return out
 
 
 def n_predict_of(body, *names):
@@ -470,12 +518,17 @@ def n_predict_of(body, *names):
 @api
 async def completion(req):
     body = body_of(req)
-    task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"),
+                    n_probs_of(body))
     if field(body, "stream", bool, False):
         def chunk(text):
-            return [{"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": task.slot,
-                     "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt)}]
-        return StreamResponse(task, chunk, lambda: [native_final(task, "")])
+            out = {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": task.slot,
+                   "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt)}
+            probs = task.new_probs()
+            if probs:
+                out["completion_probabilities"] = probs_json(probs)
+            return [out]
+        return StreamResponse(task, chunk, lambda: [native_final(task, "", True)])
     return native_final(task, await finished(task))
 
 
@@ -502,7 +555,7 @@ def oai_object(cid, kind, **fields):
     return obj
 
 
-def choice_tasks(body, tokens, n_predict):
+def choice_tasks(body, tokens, n_predict, n_probs):
     """One task per requested choice (`n`, llama-server's n_cmpl: 1 to the number of slots)."""
     n = field(body, "n", int, 1)
     if not 1 <= n <= settings.parallel:
@@ -512,7 +565,7 @@ def choice_tasks(body, tokens, n_predict):
     tasks = []
     try:
         for _ in range(n):
-            tasks.append(new_task(body, tokens, n_predict))
+            tasks.append(new_task(body, tokens, n_predict, n_probs))
     except BaseException:
         for t in tasks:
             t.cancel()
@@ -537,23 +590,34 @@ def include_usage(body):
     return isinstance(opts, dict) and opts.get("include_usage") is True
 
 
+def oai_logprobs(entries):
+    return {"content": probs_json(entries)} if entries else None
+
+
 @app.post("/v1/completions")
 @api
 async def oai_completions(req):
     body = body_of(req)
-    tasks = choice_tasks(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"))
+    if field(body, "echo", bool, False):
+        raise bad_request("Only no echo is supported")
+    for name in ("best_of", "suffix"):
+        if body.get(name) is not None:
+            raise bad_request("Unsupported param: " + name)
+    tasks = choice_tasks(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"),
+                         n_probs_of(body))
     task = tasks[0]
     cid = completion_id("cmpl-")
 
-    def choice(text, reason):
-        return [{"text": text, "index": 0, "logprobs": None, "finish_reason": reason}]
+    def choice(text, reason, logprobs=None):
+        return [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason}]
     if field(body, "stream", bool, False):
         def last():
             return [oai_object(cid, "text_completion", choices=choice("", finish_reason(task)), usage=usage(task),
                                timings=task.timings()), b"[DONE]"]
-        return StreamResponse(task, lambda text: [oai_object(cid, "text_completion", choices=choice(text, None))], last)
+        return StreamResponse(task, lambda text: [oai_object(cid, "text_completion", choices=choice(
+            text, None, oai_logprobs(task.new_probs())))], last)
     texts = await all_finished(tasks)
-    choices = [{"text": text, "index": i, "logprobs": None, "finish_reason": finish_reason(t)}
+    choices = [{"text": text, "index": i, "logprobs": oai_logprobs(t.probs), "finish_reason": finish_reason(t)}
                for i, (t, text) in enumerate(zip(tasks, texts))]
     return oai_object(cid, "text_completion", choices=choices, usage=usage(*tasks), timings=task.timings())
 
@@ -585,7 +649,7 @@ async def oai_chat(req):
     body = body_of(req)
     prompt = chat_prompt(body)
     tasks = choice_tasks(body, prompt_tokens(prompt),
-                         n_predict_of(body, "n_predict", "max_completion_tokens", "max_tokens"))
+                         n_predict_of(body, "n_predict", "max_completion_tokens", "max_tokens"), n_probs_of(body, True))
     task = tasks[0]
     cid = completion_id("chatcmpl-")
 
@@ -601,7 +665,11 @@ async def oai_chat(req):
             return [chunk({"role": "assistant", "content": None})]
 
         def chunks(text):
-            return opening() + [chunk({"content": text})]
+            out = chunk({"content": text})
+            probs = task.new_probs()
+            if probs:
+                out["choices"][0]["logprobs"] = oai_logprobs(probs)
+            return opening() + [out]
 
         def last():
             out = opening() + [chunk({}, finish_reason(task))]
@@ -611,10 +679,12 @@ async def oai_chat(req):
             return out + [b"[DONE]"]
         return StreamResponse(task, chunks, last)
     texts = await all_finished(tasks)
-    return oai_object(cid, "chat.completion", usage=usage(*tasks), timings=task.timings(),
-                      choices=[{"finish_reason": finish_reason(t), "index": i,
-                                "message": {"role": "assistant", "content": text}}
-                               for i, (t, text) in enumerate(zip(tasks, texts))])
+    choices = []
+    for i, (t, text) in enumerate(zip(tasks, texts)):
+        choices.append({"finish_reason": finish_reason(t), "index": i, "message": {"role": "assistant", "content": text}})
+        if t.probs:
+            choices[-1]["logprobs"] = oai_logprobs(t.probs)
+    return oai_object(cid, "chat.completion", usage=usage(*tasks), timings=task.timings(), choices=choices)
 
 
 # ---------------------------------------------------------------- slots and metrics

@@ -47,7 +47,7 @@ class Task:
     """One request's generation: its prompt, limits, sampler, and the text produced so far."""
     next_id = 0
 
-    def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False):
+    def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False, n_probs=0):
         self.id = Task.next_id
         Task.next_id += 1
         self.prompt = prompt
@@ -55,6 +55,9 @@ class Task:
         self.n_predict = n_predict
         self.stop = [s for s in stop if s]
         self.return_tokens = return_tokens
+        self.n_probs = n_probs
+        self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
+        self.probs_sent = 0
         self.tokens = []
         self.text = ""
         self.sent = 0                   # characters of text handed to the client
@@ -130,6 +133,12 @@ class Task:
             raise self.error
         self.sent = len(self.text)
         return self.text
+
+    def new_probs(self):
+        """The probabilities (see probs) not yet handed out."""
+        out = self.probs[self.probs_sent:]
+        self.probs_sent = len(self.probs)
+        return out
 
     def timings(self):
         n_prompt, n_gen = len(self.prompt), len(self.tokens)
@@ -280,6 +289,9 @@ class Engine:
             st["n_tokens_max"] = max(st["n_tokens_max"], s.n_past)
             try:
                 token = task.sampler.sample(seq)
+                if task.n_probs and not self.model.is_eog(token):
+                    p, top = self.model.probs(seq, task.n_probs, token)
+                    task.probs.append((token, p, top))
             except Exception as e:
                 task.fail(e)
                 self._release(s)
@@ -299,4 +311,7 @@ class Engine:
             elif len(task.tokens) == task.n_predict or slot.n_past + 1 >= self.n_ctx_slot:
                 task.finish("limit")
         if task.done:
+            if task.stop_type == "word" and task.probs:     # as llama-server: not the stop word's tokens
+                n = len(model.tokenize(task.stopping_word, False, False))
+                del task.probs[max(0, len(task.probs) - n):]
             self._release(slot)

@@ -593,6 +593,58 @@ mp_obj_t llm_model_logits(size_t n_args, const mp_obj_t *args) {
     return llm_floats_to_ndarray(logits, llama_vocab_n_tokens(self->vocab));
 }
 
+// probs(seq_id, n, token=None) -> (p, [(id, p), ...]): the softmax of the last decoded position's
+// raw logits (before any sampler), as llama-server's n_probs reports them: the probability of
+// `token` (None if not given) and the n most probable tokens, most probable first.
+mp_obj_t llm_model_probs(size_t n_args, const mp_obj_t *args) {
+    llm_model_obj_t *self = open_context(args[0]);
+    int seq = seq_arg(self, args[1]);
+    mp_int_t n = mp_obj_get_int(args[2]);
+    int n_vocab = llama_vocab_n_tokens(self->vocab);
+    llama_token chosen = n_args > 3 && args[3] != mp_const_none ? token_arg(self, args[3]) : -1;
+    if (n < 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("n must be >= 0"));
+    }
+    n = n > n_vocab ? n_vocab : n;
+    float *logits = nullptr;
+    GUARD(logits = llama_get_logits_ith(self->ctx, logits_index(self, seq)));
+    if (!logits) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp returned no logits"));
+    }
+    float max = logits[0];
+    for (int i = 1; i < n_vocab; i++) {
+        max = logits[i] > max ? logits[i] : max;
+    }
+    double sum = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        sum += std::exp((double)(logits[i] - max));
+    }
+    // the top n by insertion into a sorted prefix: one comparison per token for the usual small n
+    int *top = m_new(int, n ? n : 1);       // on the GC heap: nothing leaks if Python raises below
+    mp_int_t have = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        if (have == n && (n == 0 || logits[i] <= logits[top[n - 1]])) {
+            continue;
+        }
+        mp_int_t j = have < n ? have++ : n - 1;
+        while (j > 0 && logits[top[j - 1]] < logits[i]) {
+            top[j] = top[j - 1];
+            j--;
+        }
+        top[j] = i;
+    }
+    mp_obj_t list = mp_obj_new_list(0, nullptr);
+    for (mp_int_t i = 0; i < have; i++) {
+        mp_obj_t pair[2] = { MP_OBJ_NEW_SMALL_INT(top[i]),
+                             mp_obj_new_float((mp_float_t)(std::exp((double)(logits[top[i]] - max)) / sum)) };
+        mp_obj_list_append(list, mp_obj_new_tuple(2, pair));
+    }
+    m_del(int, top, n ? n : 1);
+    mp_obj_t p = chosen < 0 ? mp_const_none : mp_obj_new_float((mp_float_t)(std::exp((double)(logits[chosen] - max)) / sum));
+    mp_obj_t out[2] = { p, list };
+    return mp_obj_new_tuple(2, out);
+}
+
 // seq_pos(seq_id) -> the next position of a sequence (= tokens it holds in the KV cache)
 mp_obj_t llm_model_seq_pos(mp_obj_t self_in, mp_obj_t seq) {
     llm_model_obj_t *self = open_context(self_in);

@@ -5,6 +5,7 @@
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
 //   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
+//   m.probs(seq_id, n, token=None)
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
 //   s = llm.Sampler(m, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
 //                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
@@ -37,6 +38,7 @@ static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_decode_obj, 2, llm_model_decode);
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_decode_batch_obj, llm_model_decode_batch);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_logits_obj, 1, 2, llm_model_logits);
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_seq_pos_obj, llm_model_seq_pos);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_probs_obj, 3, 4, llm_model_probs);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_kv_remove_obj, 1, 4, llm_model_kv_remove);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_generate_obj, 3, llm_model_generate);
 
@@ -53,6 +55,7 @@ static const mp_rom_map_elem_t llm_model_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_decode_batch), MP_ROM_PTR(&llm_model_decode_batch_obj) },
     { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&llm_model_logits_obj) },
     { MP_ROM_QSTR(MP_QSTR_seq_pos), MP_ROM_PTR(&llm_model_seq_pos_obj) },
+    { MP_ROM_QSTR(MP_QSTR_probs), MP_ROM_PTR(&llm_model_probs_obj) },
     { MP_ROM_QSTR(MP_QSTR_kv_remove), MP_ROM_PTR(&llm_model_kv_remove_obj) },
     { MP_ROM_QSTR(MP_QSTR_generate), MP_ROM_PTR(&llm_model_generate_obj) },
 };
