@@ -34,7 +34,9 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(model):
-    g = boot(model, "n_ctx=512 parallel=2 timeout=3 max_headers=32")     # the openai client sends 17 headers
+    # The openai client sends 17 headers. cache_prompt=0: llama.cpp's logits differ in the last bits
+    # between batch sizes, so only a prompt decoded from scratch is bit-for-bit reproducible (as upstream).
+    g = boot(model, "n_ctx=512 parallel=2 timeout=3 max_headers=32 cache_prompt=0")
     try:
         yield g
     finally:
@@ -117,6 +119,7 @@ def test_health_models_props(srv):
     assert status == 200 and props["total_slots"] == 2 and props["model_path"] == "/tiny.gguf"
     assert props["default_generation_settings"]["n_ctx"] == 256
     assert props["default_generation_settings"]["params"]["temperature"] == 0.8
+    assert props["default_generation_settings"]["params"]["cache_prompt"] is False     # from the command line
     assert "<|im_start|>" in props["chat_template"] and props["bos_token"] == "<s>"
 
 
@@ -225,6 +228,29 @@ def test_probabilities(srv):
                       ("/v1/completions", {"prompt": PROMPT, "best_of": 2})):
         status, body = request(srv, "POST", path, bad)
         assert_error(status, body, 400, "invalid_request_error")
+
+
+def test_cache_prompt_reuses_the_slots_kv(srv):
+    story = PROMPT + " there was a small village by the sea where the fishermen sang"
+    n_story = len(request(srv, "POST", "/tokenize", {"content": story, "add_special": True})[1]["tokens"])
+    cold = greedy(srv, n=8, prompt=story)                   # the server's default here: cache_prompt=0
+    assert cold["timings"]["cache_n"] == 0 and cold["timings"]["prompt_n"] == n_story
+    # the same prompt again: only its last token is decoded again (for the logits)
+    warm = greedy(srv, n=8, prompt=story, cache_prompt=True)
+    assert warm["timings"]["cache_n"] == n_story - 1 and warm["timings"]["prompt_n"] == 1
+    assert warm["tokens_cached"] == n_story + 7
+    # a conversation goes on: the last prompt, its answer and more; only the new part is decoded
+    more = story + warm["content"] + " and then"
+    n_more = len(request(srv, "POST", "/tokenize", {"content": more, "add_special": True})[1]["tokens"])
+    went_on = greedy(srv, n=8, prompt=more, cache_prompt=True)["timings"]
+    assert went_on["cache_n"] >= n_story and went_on["prompt_n"] == n_more - went_on["cache_n"]
+    # the OpenAI usage reports the cached tokens; a different prompt starts over
+    status, out = request(srv, "POST", "/v1/completions", {"prompt": story, "max_tokens": 2, "temperature": 0,
+                                                           "cache_prompt": True})
+    assert status == 200 and out["usage"]["prompt_tokens_details"]["cached_tokens"] == n_story - 1
+    assert greedy(srv, n=2, prompt="Completely different", cache_prompt=True)["timings"]["cache_n"] <= 1
+    assert_error(*request(srv, "POST", "/completion", {"prompt": story, "cache_prompt": "yes"}), 400,
+                 "invalid_request_error")
 
 
 def test_response_format_json_object(srv):

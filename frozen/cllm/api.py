@@ -341,7 +341,8 @@ def new_task(body, tokens, n_predict, n_probs=0):
     kw["logit_bias"] = logit_bias(body)
     try:
         sampler = engine.sampler(**kw)
-        task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False), n_probs)
+        task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False), n_probs,
+                    field(body, "cache_prompt", bool, bool(settings.cache_prompt)))
         return engine.submit(task)
     except ContextExceeded as e:
         raise ApiError(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
@@ -361,7 +362,7 @@ async def finished(task):
 def params_json():
     p = {name: default for name, kind, default in SAMPLING}
     p.update({"n_predict": settings.n_predict, "max_tokens": settings.n_predict, "stop": [], "stream": False,
-              "grammar": "", "n_probs": 0})
+              "grammar": "", "n_probs": 0, "cache_prompt": bool(settings.cache_prompt)})
     return p
 
 
@@ -500,10 +501,15 @@ def native_final(task, content, streamed=False):
             "id_slot": task.slot, "stop": True, "model": settings.alias, "tokens_predicted": len(task.tokens),
             "tokens_evaluated": len(task.prompt), "generation_settings": params_json(), "prompt": "",
             "has_new_line": "\n" in task.text, "truncated": False, "stop_type": task.stop_type,
-            "stopping_word": task.stopping_word, "tokens_cached": 0, "timings": task.timings()}
+            "stopping_word": task.stopping_word, "tokens_cached": tokens_cached(task), "timings": task.timings()}
     if task.probs and not streamed:        # a stream had them in its chunks
         out["completion_probabilities"] = probs_json(task.probs)
     return out
+
+
+def tokens_cached(task):
+    """Tokens of the slot's KV cache once finished: the prompt and all but the last token generated."""
+    return len(task.prompt) + max(0, len(task.tokens) - 1)
 
 
 def n_predict_of(body, *names):
@@ -545,7 +551,7 @@ def finish_reason(task):
 def usage(task, *more):
     n_prompt, n_gen = len(task.prompt), sum(len(t.tokens) for t in (task,) + more)
     return {"completion_tokens": n_gen, "prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen,
-            "prompt_tokens_details": {"cached_tokens": 0}}
+            "prompt_tokens_details": {"cached_tokens": task.n_cached}}
 
 
 def oai_object(cid, kind, **fields):
@@ -696,8 +702,9 @@ async def slots(req):
         info = {"id": s.id, "n_ctx": engine.n_ctx_slot, "speculative": False, "is_processing": s.task is not None}
         t = s.task or s.last
         if t:
-            info.update({"id_task": t.id, "n_prompt_tokens": len(t.prompt), "n_prompt_tokens_processed": len(t.prompt),
-                         "n_prompt_tokens_cache": 0, "params": params_json(),
+            info.update({"id_task": t.id, "n_prompt_tokens": len(t.prompt),
+                         "n_prompt_tokens_processed": len(t.prompt) - t.n_cached,
+                         "n_prompt_tokens_cache": t.n_cached, "params": params_json(),
                          "next_token": [{"has_next_token": not t.done, "has_new_line": "\n" in t.text,
                                          "n_remain": t.n_predict - len(t.tokens) if t.n_predict >= 0 else -1,
                                          "n_decoded": len(t.tokens)}],

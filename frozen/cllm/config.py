@@ -11,6 +11,8 @@
     max_body=262144   largest request body in bytes (413 beyond)
     timeout=60        seconds a client has to send its whole request (408 beyond; llama-server's --timeout)
     max_headers=64    header lines a request may carry (431 beyond)
+    cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
+                      --no-cache-prompt; a request's own cache_prompt wins)
     serve=0           do not start the server even with a model and a NIC
 """
 import kernel
@@ -27,6 +29,7 @@ DEFAULTS = {
     "max_body": 256 * 1024,
     "timeout": 60,
     "max_headers": 64,
+    "cache_prompt": 1,
     "serve": 1,
 }
 

@@ -47,7 +47,7 @@ class Task:
     """One request's generation: its prompt, limits, sampler, and the text produced so far."""
     next_id = 0
 
-    def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False, n_probs=0):
+    def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False, n_probs=0, cache_prompt=True):
         self.id = Task.next_id
         Task.next_id += 1
         self.prompt = prompt
@@ -56,6 +56,8 @@ class Task:
         self.stop = [s for s in stop if s]
         self.return_tokens = return_tokens
         self.n_probs = n_probs
+        self.cache_prompt = cache_prompt
+        self.n_cached = 0               # prompt tokens found in the slot's KV cache (not decoded again)
         self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
         self.probs_sent = 0
         self.tokens = []
@@ -141,9 +143,9 @@ class Task:
         return out
 
     def timings(self):
-        n_prompt, n_gen = len(self.prompt), len(self.tokens)
+        n_prompt, n_gen = len(self.prompt) - self.n_cached, len(self.tokens)
         return {
-            "cache_n": 0,
+            "cache_n": self.n_cached,
             "prompt_n": n_prompt,
             "prompt_ms": self.prompt_ms,
             "prompt_per_token_ms": self.prompt_ms / n_prompt if n_prompt else 0.0,
@@ -153,6 +155,14 @@ class Task:
             "predicted_per_token_ms": self.predicted_ms / n_gen if n_gen else 0.0,
             "predicted_per_second": 1000.0 * n_gen / self.predicted_ms if self.predicted_ms else 0.0,
         }
+
+
+def common_prefix(a, b):
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def others_ready():
@@ -166,7 +176,9 @@ class Slot:
         self.id = id                    # also the sequence id in the KV cache
         self.task = None
         self.last = None                # the task that ran here most recently (for /slots)
-        self.n_past = 0                 # tokens of this slot's sequence in the KV cache
+        self.cache = []                 # the tokens of this slot's sequence in the KV cache
+        self.pending = []               # tokens to decode in the next step
+        self.used = 0                   # when it last took a task (least recently used goes first)
 
 
 class Engine:
@@ -178,6 +190,7 @@ class Engine:
         self.load_error = None
         self.slots = [Slot(i) for i in range(settings.parallel)]
         self.waiting = []
+        self.uses = 0
         self.wake = asyncio.Event()
         self.stats = {"prompt_tokens": 0, "prompt_ms": 0.0, "predicted_tokens": 0, "predicted_ms": 0.0,
                       "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0}
@@ -215,15 +228,30 @@ class Engine:
         return [s for s in self.slots if s.task]
 
     def _assign(self):
-        for slot in self.slots:
-            while slot.task is None and self.waiting:
-                task = self.waiting.pop(0)
-                if task.cancelled:
-                    continue
-                self.model.kv_remove(slot.id)
-                slot.n_past = 0
-                slot.task = slot.last = task
-                task.slot = slot.id
+        """Waiting tasks to free slots: the slot whose cache shares the longest start with the
+        prompt (llama-server's cache_prompt), else the least recently used; only the rest of the
+        prompt is decoded (at least its last token, for the logits)."""
+        while self.waiting:
+            free = [s for s in self.slots if s.task is None]
+            if not free:
+                return
+            task = self.waiting.pop(0)
+            if task.cancelled:
+                continue
+            best, keep = None, -1
+            for slot in free:
+                n = common_prefix(slot.cache, task.prompt) if task.cache_prompt else 0
+                if n > keep or (n == keep and slot.used < best.used):
+                    best, keep = slot, n
+            keep = min(keep, len(task.prompt) - 1)
+            self.model.kv_remove(best.id, keep, -1)
+            del best.cache[keep:]
+            best.pending = task.prompt[keep:]
+            task.n_cached = keep
+            self.uses += 1
+            best.used = self.uses
+            best.task = best.last = task
+            task.slot = best.id
 
     def _release(self, slot):
         slot.task = None
@@ -263,12 +291,14 @@ class Engine:
                     break
 
     def step(self, busy):
-        items = [(s.id, s.task.prompt if s.n_past == 0 else s.task.tokens[-1:]) for s in busy]
+        items = [(s.id, s.pending) for s in busy]
         t0 = time.ticks_us()
         try:
             self.model.decode_batch(items)
         except Exception as e:
             for s in busy:
+                self.model.kv_remove(s.id)      # what the failed decode left there is unknown
+                s.cache = []
                 s.task.fail(e)
                 self._release(s)
             return
@@ -278,15 +308,15 @@ class Engine:
         st["busy_slots"] += len(busy)
         for s, (seq, tokens) in zip(busy, items):
             task = s.task
-            if s.n_past == 0:
+            if len(s.cache) == task.n_cached:       # the prompt's step (the cached start not decoded again)
                 task.prompt_ms += ms
                 st["prompt_tokens"] += len(tokens)
                 st["prompt_ms"] += ms
             else:
                 task.predicted_ms += ms
                 st["predicted_ms"] += ms
-            s.n_past += len(tokens)
-            st["n_tokens_max"] = max(st["n_tokens_max"], s.n_past)
+            s.cache += tokens
+            st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
             try:
                 token = task.sampler.sample(seq)
                 if task.n_probs and not self.model.is_eog(token):
@@ -305,10 +335,11 @@ class Engine:
             task.finish("eos")
         else:
             task.tokens.append(token)
+            slot.pending = [token]
             self.stats["predicted_tokens"] += 1
             if task.add_piece(model.token_to_piece(token, False)):
                 task.finish("word")
-            elif len(task.tokens) == task.n_predict or slot.n_past + 1 >= self.n_ctx_slot:
+            elif len(task.tokens) == task.n_predict or len(slot.cache) + 1 >= self.n_ctx_slot:
                 task.finish("limit")
         if task.done:
             if task.stop_type == "word" and task.probs:     # as llama-server: not the stop word's tokens
