@@ -2,7 +2,9 @@
 # model= on the command line) and a NIC it starts the server (frozen/cllm), its REPL on the console.
 import time
 
-print("main.py: ready after {} ms".format(time.ticks_ms()))
+from cllm.log import log
+
+log("main.py: ready after {} ms".format(time.ticks_ms()))
 
 
 def server_settings():

@@ -50,15 +50,16 @@ static size_t gc_heap_size(void) {
 static void print_banner(size_t heap) {
     struct mem_stats s;
     mem_get_stats(&s);
-    printf("cllm %s (MicroPython %s) on i386\n", KERNEL_VERSION, MICROPY_VERSION_STRING);
-    printf("RAM: %u MiB found, %u MiB free at 0x%08x-0x%08x\n", (unsigned)(kernel.ram_bytes / MIB),
+    printf("%s cllm %s (MicroPython %s) on i386\n", clock_stamp(), KERNEL_VERSION, MICROPY_VERSION_STRING);
+    printf("%s RAM: %u MiB found, %u MiB free at 0x%08x-0x%08x\n", clock_stamp(), (unsigned)(kernel.ram_bytes / MIB),
         (unsigned)(s.free / MIB), (unsigned)kernel.free_start, (unsigned)kernel.free_end);
-    printf("cmdline: \"%s\"\n", kernel.cmdline);
+    printf("%s cmdline: \"%s\"\n", clock_stamp(), kernel.cmdline);
     for (uint32_t i = 0; i < kernel.module_count; i++) {
         const struct boot_module *m = &kernel.modules[i];
-        printf("module: /%s %u bytes at 0x%08x\n", m->name, (unsigned)m->size, (unsigned)m->data);
+        printf("%s module: /%s %u bytes at 0x%08x\n", clock_stamp(), m->name, (unsigned)m->size, (unsigned)m->data);
     }
-    printf("clock: %s, cpu: sse2%s, gc heap: %u KiB\n", clock_source(), kernel.avx ? " avx" : "", (unsigned)(heap / 1024));
+    printf("%s clock: %s, cpu: sse2%s, gc heap: %u KiB\n", clock_stamp(), clock_source(), kernel.avx ? " avx" : "",
+        (unsigned)(heap / 1024));
     fflush(stdout);
 }
 

@@ -73,6 +73,7 @@ def test_meta(g):
     assert meta["n_vocab"] == 32000 and meta["n_embd"] == 64 and meta["n_layer"] == 2
     assert meta["n_ctx"] == 256 and meta["n_ctx_train"] == 512 and meta["n_seq"] == 2
     assert meta["bos"] == 1 and meta["eos"] == 2 and meta["add_bos"] is True
+    assert 2 in meta["eog"] and all(0 <= t < 32000 for t in meta["eog"])
     assert "<|im_start|>" in meta["chat_template"]
     assert meta["n_params"] > 4_000_000
 

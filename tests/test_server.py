@@ -188,6 +188,11 @@ def test_logit_bias(srv):
                                                             "logit_bias": {str(favoured): 100}})
     assert status == 200 and body["choices"][0]["text"] == request(
         srv, "POST", "/detokenize", {"tokens": [favoured]})[1]["content"]
+    # ignore_eos bans the end-of-generation tokens, however favoured
+    eos = [[2, 100]]                                        # </s> of the llama-spm vocabulary
+    assert greedy(srv, n=4, logit_bias=eos)["stop_type"] == "eos"
+    out = greedy(srv, n=4, logit_bias=eos, ignore_eos=True)
+    assert out["stop_type"] == "limit" and out["tokens_predicted"] == 4
     for bad in ("x", [[1]], [[1, "high"]], [[None, 1]]):
         status, body = request(srv, "POST", "/completion", {"prompt": PROMPT, "logit_bias": bad})
         assert_error(status, body, 400, "invalid_request_error")

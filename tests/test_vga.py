@@ -1,29 +1,40 @@
-"""The vga module and the boot log on screen, read back from the host through QEMU's monitor."""
+"""The vga module, the boot log and the server's status panel on screen, read back from the host
+through QEMU's monitor."""
+import http.client
+import json
 import os
+import re
 import tempfile
+import time
 
 import pytest
 
-from qemu import Guest, Monitor
+from qemu import Guest, Monitor, free_port
+from tinymodel import make_tiny_model
 
 VGA_TEXT = 0xB8000
 ROWS, COLS = 25, 80
 
 
+def screen_of(tmp, **guest):
+    """(guest, read) where read() returns the screen as ROWS lists of (char, attribute)."""
+    path = os.path.join(tmp, "monitor.sock")
+    g = Guest(monitor=f"unix:{path},server=on,wait=off", **guest)
+    mon = Monitor(path)
+
+    def read():
+        raw = mon.read_memory(VGA_TEXT, ROWS * COLS * 2, os.path.join(tmp, "screen.bin"))
+        cells = [(chr(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
+        return [cells[r * COLS:(r + 1) * COLS] for r in range(ROWS)]
+    return g, mon, read
+
+
 @pytest.fixture(scope="module")
 def screen():
-    """(guest, read) where read() returns the screen as ROWS lists of (char, attribute)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "monitor.sock")
-        with Guest(monitor=f"unix:{path},server=on,wait=off") as g:
+        g, mon, read = screen_of(tmp)
+        with g:
             g.wait_prompt()
-            mon = Monitor(path)
-
-            def read():
-                raw = mon.read_memory(VGA_TEXT, ROWS * COLS * 2, os.path.join(tmp, "screen.bin"))
-                cells = [(chr(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
-                return [cells[r * COLS:(r + 1) * COLS] for r in range(ROWS)]
-
             yield g, read
             mon.close()
 
@@ -32,12 +43,17 @@ def text(row):
     return "".join(c for c, _ in row).rstrip()
 
 
+def unstamped(line):
+    """A boot log line without its "[   0.123] " time stamp."""
+    return re.sub(r"^\[ *\d+\.\d{3}\] ", "", line)
+
+
 def test_boot_log_is_mirrored(screen):
     g, read = screen
     rows = read()
     lines = [text(r) for r in rows]
-    assert lines[0].startswith("cllm 0.1.0 (MicroPython 1.25.0) on i386")
-    assert any(line.startswith("clock: ") for line in lines)
+    assert re.match(r"\[ *0\.\d{3}\] cllm 0\.1\.0 \(MicroPython 1\.25\.0\) on i386", lines[0])
+    assert any(unstamped(line).startswith("clock: ") for line in lines)
     assert any(line.startswith("MicroPython v1.25.0") for line in lines)
     assert ">>>" in lines
     assert all(a == 0x07 for c, a in rows[0])        # light grey on black
@@ -91,3 +107,41 @@ def test_mirror_back_on_and_bad_input(screen):
     g.raw_exec("vga.colour(vga.LIGHT_GREY, vga.BLACK)\nvga.clear()\nvga.mirror(True)")
     g.line("print('mirrored ' * 2)")
     assert any(text(r) == "mirrored mirrored" for r in read())
+
+
+def test_status_panel_while_serving(tmp_path):
+    """With the server running, the top rows are a live panel and the log scrolls on below it."""
+    model = make_tiny_model(str(tmp_path / "tiny.gguf"))
+    port = free_port()
+    g, mon, read = screen_of(str(tmp_path), modules=[model], append="n_ctx=256 parallel=2", mem="256M",
+                             timeout=120, hostfwd=[f"tcp:127.0.0.1:{port}-:80"])
+    with g:
+        g.expect(b"serving on port 80", timeout=120)
+        g.expect(rb"net: address 10\.0\.2\.15 \(dhcp\); http://10\.0\.2\.15:80/", timeout=30)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/completion", json.dumps({"prompt": "Hello", "n_predict": 8, "temperature": 0,
+                                                     "ignore_eos": True}))
+        r = c.getresponse()
+        assert r.status == 200, r.read()
+        out = json.loads(r.read())
+        time.sleep(2.5)                                      # the panel is redrawn every second
+        rows = read()
+        lines = [text(r) for r in rows]
+        assert lines[0].startswith(" cllm 0.1.0 | tiny.gguf | http://10.0.2.15:80/"), lines[:4]
+        assert all(a == 0x1F for c, a in rows[0])           # white on blue across the screen
+        assert re.search(r" up 0:00:\d\d$", lines[0]) and len(text(rows[0])) == 79
+        assert re.match(r" requests 1 \(0 rejected\)  slots 0/2 busy, 0 waiting  heap free \d+ KiB$", lines[1]), lines[1]
+        prompt, gen = re.match(r" prompt (\d+) tok at [\d.]+ tok/s   generated (\d+) tok at [\d.]+ tok/s", lines[2]).groups()
+        assert int(prompt) == out["tokens_evaluated"] and int(gen) == out["tokens_predicted"]
+        assert lines[3] == "-" * 80
+        # below the panel, the boot log with each step's time, up to the serving line
+        log = "".join(c for row in rows[4:] for c, _ in row)        # long lines wrap at 80 columns
+        assert re.search(r"\] cllm: tiny\.gguf \(.*\) ready after \d+ ms; serving on port 80 ", log), log
+        stamps = [float(m.group(1)) for m in (re.match(r"\[ *(\d+\.\d{3})\]", line) for line in lines[4:]) if m]
+        assert len(stamps) >= 5 and stamps == sorted(stamps)
+        # the REPL's output scrolls below the panel, which stays
+        for i in range(30):
+            g.line(f"print('row {i}')")
+        lines = [text(r) for r in read()]
+        assert lines[0].startswith(" cllm 0.1.0 |") and "row 29" in lines[4:]
+        mon.close()

@@ -339,6 +339,10 @@ def new_task(body, tokens, n_predict, n_probs=0):
     json_grammar = response_format(body)        # checked even when a grammar is given (which wins)
     kw["grammar"] = field(body, "grammar", str, None) or json_grammar
     kw["logit_bias"] = logit_bias(body)
+    if field(body, "ignore_eos", bool, False):      # as llama-server: every end-of-generation token banned
+        kw["logit_bias"] = kw["logit_bias"] or {}
+        for t in engine.meta["eog"]:
+            kw["logit_bias"][t] = False
     try:
         sampler = engine.sampler(**kw)
         task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False), n_probs,
@@ -362,7 +366,7 @@ async def finished(task):
 def params_json():
     p = {name: default for name, kind, default in SAMPLING}
     p.update({"n_predict": settings.n_predict, "max_tokens": settings.n_predict, "stop": [], "stream": False,
-              "grammar": "", "n_probs": 0, "cache_prompt": bool(settings.cache_prompt)})
+              "grammar": "", "n_probs": 0, "ignore_eos": False, "cache_prompt": bool(settings.cache_prompt)})
     return p
 
 

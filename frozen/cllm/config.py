@@ -13,6 +13,7 @@
     max_headers=64    header lines a request may carry (431 beyond)
     cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
                       --no-cache-prompt; a request's own cache_prompt wins)
+    dashboard=0       leave the VGA screen to the console (default: a status panel on its top rows)
     serve=0           do not start the server even with a model and a NIC
 """
 import kernel
@@ -30,6 +31,7 @@ DEFAULTS = {
     "timeout": 60,
     "max_headers": 64,
     "cache_prompt": 1,
+    "dashboard": 1,
     "serve": 1,
 }
 

@@ -6,7 +6,8 @@ import asyncio
 import gc
 import time
 
-from cllm import api, repl
+from cllm import api, dashboard, repl
+from cllm.log import log
 from cllm.engine import Engine
 
 app = api.app
@@ -24,11 +25,21 @@ def stats():
 
 def load_model():
     t0 = time.ticks_ms()
-    print("cllm: loading {} (n_ctx={}, parallel={})".format(settings.model, settings.n_ctx, settings.parallel))
+    log("cllm: loading {} (n_ctx={}, parallel={})".format(settings.model, settings.n_ctx, settings.parallel))
     engine.load()
     meta = engine.meta
-    print("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
+    log("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
         settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
+
+
+async def announce_address():
+    """The boot log's last step: the address clients reach (DHCP's lease comes a second or so
+    after the NIC is up)."""
+    while not dashboard.address():
+        await asyncio.sleep_ms(50)
+    import network
+    log("net: address {} ({}); http://{}:{}/".format(dashboard.address(), network.LAN().config("address_source"),
+                                                    dashboard.address(), settings.port))
 
 
 async def main(namespace):
@@ -40,12 +51,15 @@ async def main(namespace):
     try:
         load_model()
     except Exception as e:
-        print("cllm: cannot load {}: {}; not serving".format(settings.model, e))
+        log("cllm: cannot load {}: {}; not serving".format(settings.model, e))
         app.shutdown()
         await asyncio.sleep_ms(0)
         return
     namespace.update({"engine": engine, "app": app})
     asyncio.create_task(repl.run(namespace))
+    asyncio.create_task(announce_address())
+    if settings.dashboard:
+        asyncio.create_task(dashboard.Dashboard(engine, settings).run())
     await engine.run()
 
 

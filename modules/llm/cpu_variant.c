@@ -83,23 +83,23 @@ void llm_cpu_variant_select(void) {
         } else if (strcmp(want, "sse2") == 0) {
             chosen = &variants[0];
         } else {
-            printf("ggml: cannot use ggml=%s here (sse2%s); measuring instead\n", want, avx2 ? ", avx2" : "");
+            printf("%s ggml: cannot use ggml=%s here (sse2%s); measuring instead\n", clock_stamp(), want, avx2 ? ", avx2" : "");
             want[0] = 0;
         }
         if (want[0]) {
-            printf("ggml: CPU kernels %s, as the command line asks\n", chosen->name);
+            printf("%s ggml: CPU kernels %s, as the command line asks\n", clock_stamp(), chosen->name);
             return;
         }
     }
     if (!avx2) {
-        printf("ggml: CPU kernels sse2 (this CPU has no AVX2+FMA+F16C)\n");
+        printf("%s ggml: CPU kernels sse2 (this CPU has no AVX2+FMA+F16C)\n", clock_stamp());
         return;
     }
     uint64_t t_sse2 = time_dot(&variants[0], UINT64_MAX);
     uint64_t t_avx2 = time_dot(&variants[1], t_sse2);
     chosen = t_avx2 < t_sse2 ? &variants[1] : &variants[0];
-    printf("ggml: CPU kernels %s (%d Q4_1 dot products of %d: sse2 %u us, avx2 %s%u us; override with ggml=sse2|avx2)\n",
-        chosen->name, BENCH_ROUNDS, BENCH_N, (unsigned)(t_sse2 / 1000), t_avx2 > t_sse2 ? "over " : "",
+    printf("%s ggml: CPU kernels %s (%d Q4_1 dot products of %d: sse2 %u us, avx2 %s%u us; override with ggml=sse2|avx2)\n",
+        clock_stamp(), chosen->name, BENCH_ROUNDS, BENCH_N, (unsigned)(t_sse2 / 1000), t_avx2 > t_sse2 ? "over " : "",
         (unsigned)(t_avx2 / 1000));
 }
 

@@ -23,6 +23,7 @@ extern "C" {
 #include "py/objstr.h"
 #include "py/mperrno.h"
 #include "llm.h"
+#include "port/drivers/clock.h"
 mp_obj_t llm_floats_to_ndarray(const float *values, size_t n);
 }
 
@@ -153,7 +154,7 @@ static bool print_progress(float done, void *) {
             bar[i] = i < filled ? '#' : '.';
         }
         bar[40] = 0;
-        fprintf(stderr, "\rllm: loading [%s] %3d%%%s", bar, filled * 100 / 40, filled == 40 ? "\n" : "");
+        fprintf(stderr, "\r%s llm: loading [%s] %3d%%%s", clock_stamp(), bar, filled * 100 / 40, filled == 40 ? "\n" : "");
         progress_shown = filled == 40 ? -1 : filled;
     }
     return true;
@@ -283,6 +284,13 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eos), token_or_none(llama_vocab_eos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eot), token_or_none(llama_vocab_eot(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_bos), mp_obj_new_bool(llama_vocab_get_add_bos(self->vocab)));
+    mp_obj_t eog = mp_obj_new_list(0, nullptr);     // every end-of-generation token (eos, eot, eom, ...)
+    for (llama_token t = 0; t < llama_vocab_n_tokens(self->vocab); t++) {
+        if (llama_vocab_is_eog(self->vocab, t)) {
+            mp_obj_list_append(eog, MP_OBJ_NEW_SMALL_INT(t));
+        }
+    }
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eog), eog);
     return d;
 }
 

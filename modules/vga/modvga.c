@@ -51,6 +51,21 @@ static mp_obj_t vga_scroll_(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(vga_scroll_obj, 0, 1, vga_scroll_);
 
+// reserve() -> rows; reserve(rows): keep that many rows at the top for print_at (a status
+// panel); the console's text, scrolling, clear() and the cursor stay below them (0: none)
+static mp_obj_t vga_reserve_(size_t n_args, const mp_obj_t *args) {
+    if (n_args) {
+        mp_int_t rows = mp_obj_get_int(args[0]);
+        if (rows < 0 || rows >= VGA_ROWS) {
+            mp_raise_ValueError(MP_ERROR_TEXT("reserve 0 to 24 rows"));
+        }
+        vga_reserve((int)rows);
+        return mp_const_none;
+    }
+    return MP_OBJ_NEW_SMALL_INT(vga_reserved());
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(vga_reserve_obj, 0, 1, vga_reserve_);
+
 // cursor() -> (row, col); cursor(row, col): move the hardware cursor
 static mp_obj_t vga_cursor(size_t n_args, const mp_obj_t *args) {
     if (n_args == 2) {
@@ -115,6 +130,7 @@ static const mp_rom_map_elem_t vga_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_colour), MP_ROM_PTR(&vga_colour_obj) },
     { MP_ROM_QSTR(MP_QSTR_cell), MP_ROM_PTR(&vga_cell_obj) },
     { MP_ROM_QSTR(MP_QSTR_mirror), MP_ROM_PTR(&vga_mirror_obj) },
+    { MP_ROM_QSTR(MP_QSTR_reserve), MP_ROM_PTR(&vga_reserve_obj) },
     { MP_ROM_QSTR(MP_QSTR_ROWS), MP_ROM_INT(VGA_ROWS) },
     { MP_ROM_QSTR(MP_QSTR_COLS), MP_ROM_INT(VGA_COLS) },
     // the 16 colours of the CGA palette

@@ -2,6 +2,7 @@
 // needs no calibration — unlike the TSC, whose rate under TCG follows the host's load. The
 // 8254 PIT ticks at 1 kHz regardless: its interrupt wakes an idle CPU for timed sleeps, and
 // its count is the clock when there is no HPET. The CMOS RTC gives the date once, at boot.
+#include <stdio.h>
 #include "clock.h"
 #include "pic.h"
 #include "../boot/io.h"
@@ -137,4 +138,11 @@ void clock_sleep_ns(uint64_t ns) {
     while (clock_ns() < end) {
         cpu_idle();     // the next PIT tick is at most 1 ms away
     }
+}
+
+const char *clock_stamp(void) {
+    static char buf[16];
+    uint64_t ms = clock_ns() / 1000000u;
+    snprintf(buf, sizeof(buf), "[%4u.%03u]", (unsigned)(ms / 1000), (unsigned)(ms % 1000));
+    return buf;
 }

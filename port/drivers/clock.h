@@ -5,4 +5,5 @@ void clock_init(void);
 uint64_t clock_ns(void);            // monotonic, since boot
 uint64_t clock_epoch_ns(void);      // wall clock: the RTC at boot plus the monotonic clock
 const char *clock_source(void);     // "hpet" or "pit"
+const char *clock_stamp(void);      // "[   1.234]": seconds since boot, for the boot log
 void clock_sleep_ns(uint64_t ns);   // idles the CPU between timer ticks

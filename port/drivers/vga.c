@@ -18,6 +18,7 @@
 static int ready;
 static int mirror = 1;
 static int cur_row, cur_col;
+static int top;             // rows kept at the top (a status panel): the text scrolls below them
 static uint8_t attr = VGA_DEFAULT_ATTR;
 static enum { TEXT, ESCAPE, CSI } esc_state;  // where we are in an ANSI escape sequence
 
@@ -49,10 +50,11 @@ int vga_ready(void) {
 }
 
 void vga_clear(uint8_t a) {
-    for (int i = 0; i < VGA_ROWS * VGA_COLS; i++) {
+    for (int i = top * VGA_COLS; i < VGA_ROWS * VGA_COLS; i++) {
         VGA_TEXT[i] = blank(a);
     }
-    cur_row = cur_col = 0;
+    cur_row = top;
+    cur_col = 0;
     update_cursor();
 }
 
@@ -60,17 +62,41 @@ void vga_scroll(int lines) {
     if (lines <= 0) {
         return;
     }
-    if (lines > VGA_ROWS) {
-        lines = VGA_ROWS;
+    if (lines > VGA_ROWS - top) {
+        lines = VGA_ROWS - top;
     }
-    for (int i = 0; i < (VGA_ROWS - lines) * VGA_COLS; i++) {
+    for (int i = top * VGA_COLS; i < (VGA_ROWS - lines) * VGA_COLS; i++) {
         VGA_TEXT[i] = VGA_TEXT[i + lines * VGA_COLS];
     }
     for (int i = (VGA_ROWS - lines) * VGA_COLS; i < VGA_ROWS * VGA_COLS; i++) {
         VGA_TEXT[i] = blank(attr);
     }
-    cur_row = cur_row >= lines ? cur_row - lines : 0;
+    cur_row = cur_row - lines >= top ? cur_row - lines : top;
     update_cursor();
+}
+
+void vga_reserve(int rows) {
+    rows = rows < 0 ? 0 : rows > VGA_ROWS - 1 ? VGA_ROWS - 1 : rows;
+    if (rows > top) {       // move the text down into the free rows below the cursor, then take the top
+        int down = rows - top < VGA_ROWS - 1 - cur_row ? rows - top : VGA_ROWS - 1 - cur_row;
+        for (int i = (cur_row + 1) * VGA_COLS - 1; i >= top * VGA_COLS; i--) {
+            VGA_TEXT[i + down * VGA_COLS] = VGA_TEXT[i];
+        }
+        cur_row += down;
+        for (int i = top * VGA_COLS; i < rows * VGA_COLS; i++) {
+            VGA_TEXT[i] = blank(attr);
+        }
+    }
+    top = rows;
+    if (cur_row < top) {
+        cur_row = top;
+        cur_col = 0;
+    }
+    update_cursor();
+}
+
+int vga_reserved(void) {
+    return top;
 }
 
 static void newline(void) {
@@ -167,7 +193,7 @@ void vga_put_at(int row, int col, const char *s, size_t n, uint8_t a) {
 }
 
 void vga_set_cursor(int row, int col) {
-    cur_row = row < 0 ? 0 : row >= VGA_ROWS ? VGA_ROWS - 1 : row;
+    cur_row = row < top ? top : row >= VGA_ROWS ? VGA_ROWS - 1 : row;
     cur_col = col < 0 ? 0 : col >= VGA_COLS ? VGA_COLS - 1 : col;
     update_cursor();
 }

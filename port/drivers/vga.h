@@ -20,6 +20,10 @@ void vga_set_mirror(int on);
 int vga_get_mirror(void);
 void vga_put_at(int row, int col, const char *s, size_t n, uint8_t attr);   // clipped to the row
 void vga_scroll(int lines);             // up by lines, blank lines at the bottom
+// Keep the top rows for the program (vga_put_at): text, scrolling, clear and the cursor stay
+// below them. The text already there moves up only as far as it must to stay visible.
+void vga_reserve(int rows);
+int vga_reserved(void);
 void vga_set_cursor(int row, int col);
 void vga_get_cursor(int *row, int *col);
 void vga_set_attr(uint8_t attr);        // for what vga_write writes next

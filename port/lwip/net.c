@@ -223,7 +223,7 @@ void net_init(void) {
     nic_ready = 1;
     configure_address();
     const uint8_t *m = nic.mac;
-    printf("net: e1000 %02x:%02x:%02x:%02x:%02x:%02x irq %u, link %s, address by %s\n",
+    printf("%s net: e1000 %02x:%02x:%02x:%02x:%02x:%02x irq %u, link %s, address by %s\n", clock_stamp(),
         m[0], m[1], m[2], m[3], m[4], m[5], pci.irq_line, e1000_link_up(&nic) ? "up" : "down", address_source);
 }
 
