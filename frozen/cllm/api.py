@@ -9,6 +9,7 @@ import time
 from microdot import Microdot, Request, Response
 from microdot.cors import CORS
 
+from cllm import page
 from cllm.engine import Busy, ContextExceeded, Task, utf8_complete
 
 FINGERPRINT = "cllm-0.1.0"
@@ -152,6 +153,8 @@ def api(handler):
 
 @app.before_request
 def gate(req):
+    if req.path == "/":         # the chat page: without a key (its API calls carry one) and while loading
+        return
     if settings.api_key and req.path not in PUBLIC:
         auth = req.headers.get("Authorization", "") or req.headers.get("X-Api-Key", "")
         if auth.startswith("Bearer "):
@@ -416,7 +419,12 @@ class StreamResponse(Response):
             self.body.task.cancel()
 
 
-# ---------------------------------------------------------------- health, models, props
+# ---------------------------------------------------------------- chat page, health, models, props
+
+@app.get("/")
+async def chat_page(req):
+    return page.PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
 
 @app.get("/health")
 @app.get("/v1/health")
