@@ -9,8 +9,8 @@ import time
 from microdot import Microdot, Request, Response
 from microdot.cors import CORS
 
-from cllm import page
-from cllm.engine import Busy, ContextExceeded, Task, utf8_complete
+from cllm import page, strictjson
+from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
 
 FINGERPRINT = "cllm-0.1.0"
 PUBLIC = ("/health", "/v1/health")
@@ -63,15 +63,6 @@ class Deadline:
     async def readexactly(self, n):
         return await self._within(self.stream.readexactly(n))
 
-    async def skip_headers(self, most=1024):
-        """Read (up to `most`) header lines to the blank line, within the deadline, errors ignored."""
-        try:
-            for _ in range(most):
-                if (await self._within(self.stream.readline())).strip() == b"":
-                    return
-        except (RequestTimeout, OSError):
-            pass
-
     async def read(self, n=-1):
         return await self._within(self.stream.read(n))
 
@@ -83,34 +74,51 @@ class Server(Microdot):
 
     async def handle_request(self, reader, writer):
         limited = Deadline(reader, settings.timeout, settings.max_headers + 2)   # + request line, blank line
+        req = error = None
         try:
             req = await Request.create(self, limited, writer, writer.get_extra_info("peername"))
         except RequestTimeout:
-            return await self.refuse(writer, ApiError(408, "Request timed out", "invalid_request_error"))
+            error = ApiError(408, "Request timed out", "invalid_request_error")
         except TooManyHeaders:
-            await limited.skip_headers()        # closing on unread data would reset the answer away
-            return await self.refuse(writer, ApiError(431, "More than {} header lines".format(settings.max_headers),
-                                                      "invalid_request_error"))
+            error = ApiError(431, "More than {} header lines".format(settings.max_headers), "invalid_request_error")
         except OSError:
-            return await self.refuse(writer, None)
+            error = OSError
         except Exception:                   # a malformed request line or header (microdot's ValueErrors)
-            req = None                      # dispatch_request(None) answers 400
-        res = await self.dispatch_request(req)
+            pass                            # dispatch_request(None) answers 400
+        if error is OSError:
+            res = None
+        elif error:
+            body, code = error.response()
+            res = Response(body, code, {"Connection": "close"})
+        else:
+            res = await self.dispatch_request(req)
         try:
-            if res != Response.already_handled:
+            if res is not None and res != Response.already_handled:
                 await res.write(writer)
+                if req is None or res.status_code == 413:      # the request was not read to its end
+                    await linger(reader)
             await writer.aclose()
         except OSError:
             pass
 
-    async def refuse(self, writer, error):
-        try:
-            if error is not None:
-                body, code = error.response()
-                await Response(body, code, {"Connection": "close"}).write(writer)
-            await writer.aclose()
-        except OSError:
-            pass
+
+async def linger(reader, ms=1000, most=1 << 20):
+    """Read and drop what the client still sends (for up to ms, at most `most` bytes) before closing:
+    closing a socket with unread input resets the connection, and the answer just written with it
+    (RFC 9112 section 9.6, "tear-down")."""
+    end = time.ticks_add(time.ticks_ms(), ms)
+    got = 0
+    try:
+        while got < most:
+            left = time.ticks_diff(end, time.ticks_ms())
+            if left <= 0:
+                return
+            data = await asyncio.wait_for_ms(reader.read(4096), left)
+            if not data:
+                return
+            got += len(data)
+    except (asyncio.TimeoutError, OSError):
+        pass
 
 
 app = Server()
@@ -193,17 +201,16 @@ def error_500(req):
 # ---------------------------------------------------------------- request bodies
 
 def body_of(req):
-    """The JSON object of a request body. MicroPython's json.loads takes a truncated document as
-    if it ended there: parsed inside "[...,0]", a cut-off body loses the 0 or fails."""
+    """The JSON object of a request body, checked strictly first (see strictjson)."""
     try:
-        wrapped = json.loads("[" + req.body.decode() + ",0]")
-    except ValueError:                      # UnicodeError is a ValueError too
-        wrapped = None
-    if not (isinstance(wrapped, list) and len(wrapped) == 2 and wrapped[1] == 0):
-        raise bad_request("Invalid JSON in the request body")
-    if not isinstance(wrapped[0], dict):
+        text = req.body.decode()
+        strictjson.check(text)
+        body = json.loads(text)
+    except ValueError as e:                 # UnicodeError is a ValueError too
+        raise bad_request("Invalid JSON in the request body: {}".format(e))
+    if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
-    return wrapped[0]
+    return body
 
 
 def field(body, name, kind, default):
@@ -302,10 +309,7 @@ def logprob(p):
 
 def token_json(token, p):
     piece = engine.model.token_to_piece(token)
-    try:
-        text = piece[:utf8_complete(piece)].decode()
-    except ValueError:
-        text = ""
+    text = decode_lossy(piece[:utf8_complete(piece)])
     return {"id": token, "token": text, "bytes": list(piece), "logprob": logprob(p)}
 
 
@@ -327,6 +331,10 @@ def prompt_tokens(prompt):
         tokens = engine.model.tokenize(prompt, True, True)
     elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         tokens = prompt
+        n_vocab = engine.meta["n_vocab"]
+        for t in tokens:
+            if not 0 <= t < n_vocab:
+                raise bad_request("token id {} in the prompt is out of range (n_vocab {})".format(t, n_vocab))
     else:
         raise bad_request("'prompt' must be a string or an array of token ids")
     if not tokens:
@@ -501,7 +509,7 @@ async def tokenize(req):
 async def detokenize(req):
     tokens = field(body_of(req), "tokens", list, [])
     try:                        # as llama-server: the pieces joined, a leading space kept
-        return {"content": b"".join(engine.model.token_to_piece(t) for t in tokens).decode()}
+        return {"content": decode_lossy(b"".join(engine.model.token_to_piece(t) for t in tokens))}
     except (ValueError, TypeError) as e:
         raise bad_request(str(e))
 

@@ -26,10 +26,34 @@ def utf8_complete(data):
     n = len(data)
     for back in range(1, min(4, n) + 1):
         b = data[n - back]
-        if b & 0xC0 != 0x80:                 # a lead byte (or ASCII): is its sequence complete?
-            need = 1 if b < 0x80 else 2 if b >= 0xC0 and b < 0xE0 else 3 if b < 0xF0 else 4
+        if b & 0xC0 != 0x80:                 # a lead byte (or ASCII, or no lead at all): complete?
+            need = 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 1
             return n if need <= back else n - back
     return n
+
+
+def decode_lossy(data):
+    """UTF-8 bytes as text, each byte that starts no valid character as U+FFFD (a model can emit
+    any byte: its byte tokens need not make valid UTF-8), as llama-server's JSON output does."""
+    try:
+        return data.decode()
+    except UnicodeError:
+        pass
+    out = []
+    i, n = 0, len(data)
+    while i < n:
+        b = data[i]
+        need = 1 if b < 0x80 else 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+        if need and i + need <= n:
+            try:
+                out.append(data[i:i + need].decode())
+                i += need
+                continue
+            except UnicodeError:
+                pass
+        out.append("\ufffd")
+        i += 1
+    return "".join(out)
 
 
 def partial_stop(text, stops):
@@ -96,7 +120,7 @@ class Task:
         if not n:
             return False
         start = max(0, len(self.text) - max([len(s) for s in self.stop] or [0]))
-        self.text += data[:n].decode()
+        self.text += decode_lossy(data[:n])
         first = None
         for s in self.stop:
             i = self.text.find(s, start)
@@ -317,16 +341,15 @@ class Engine:
                 st["predicted_ms"] += ms
             s.cache += tokens
             st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
-            try:
+            try:                # whatever goes wrong ends this task, never the scheduler
                 token = task.sampler.sample(seq)
                 if task.n_probs and not self.model.is_eog(token):
                     p, top = self.model.probs(seq, task.n_probs, token)
                     task.probs.append((token, p, top))
+                self.advance(s, token)
             except Exception as e:
                 task.fail(e)
                 self._release(s)
-                continue
-            self.advance(s, token)
 
     def advance(self, slot, token):
         task = slot.task
