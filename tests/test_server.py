@@ -287,7 +287,18 @@ def test_n_choices(srv):
     status, out = request(srv, "POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "n": 2,
                                                           "temperature": 1.5, "seed": 7})
     assert status == 200 and [c["index"] for c in out["choices"]] == [0, 1], out
-    for bad in ({"n": 0}, {"n": 3}, {"n": "2"}, {"n": 2, "stream": True}):      # the server has 2 slots
+    # streamed: each choice's deltas under its own index, each with its role first and its finish_reason last
+    ev = events(srv, "/v1/chat/completions", dict(body, n=2, stream=True, stream_options={"include_usage": True}))
+    assert ev[-1] == "[DONE]" and ev[-2]["usage"]["completion_tokens"] == two["usage"]["completion_tokens"]
+    for i in (0, 1):
+        mine = [e["choices"][0] for e in ev[:-2] if e["choices"][0]["index"] == i]
+        assert mine[0]["delta"] == {"role": "assistant", "content": None}
+        assert mine[-1]["finish_reason"] == two["choices"][i]["finish_reason"]
+        assert "".join(c["delta"].get("content") or "" for c in mine) == one["choices"][0]["message"]["content"]
+    ev = events(srv, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "n": 2, "temperature": 0, "stream": True})
+    texts = ["".join(e["choices"][0]["text"] for e in ev[:-1] if e["choices"][0]["index"] == i) for i in (0, 1)]
+    assert texts[0] == texts[1] == greedy(srv, n=4)["content"] and ev[-2]["usage"]["completion_tokens"] == 8
+    for bad in ({"n": 0}, {"n": 3}, {"n": "2"}):      # the server has 2 slots
         status, err = request(srv, "POST", "/v1/chat/completions", dict(body, **bad))
         assert_error(status, err, 400, "invalid_request_error")
     assert request(srv, "GET", "/health") == (200, {"status": "ok"})

@@ -384,10 +384,13 @@ def params_json():
 # ---------------------------------------------------------------- streaming
 
 class EventStream:
-    """A response body of Server-Sent Events: chunks(text) for each piece of text, then last()."""
+    """A response body of Server-Sent Events for one or more tasks (the `n` choices of one request):
+    chunks(text, i) for each piece of text of task i as it comes, then last() once all have finished."""
 
-    def __init__(self, task, chunks, last):
-        self.task = task
+    def __init__(self, tasks, chunks, last):
+        self.tasks = tasks
+        for t in tasks[1:]:             # one event for all: whichever task has news wakes the stream
+            t.changed = tasks[0].changed
         self.chunks = chunks
         self.last = last
         self.out = []
@@ -400,31 +403,41 @@ class EventStream:
         while not self.out:
             if self.ended:
                 raise StopAsyncIteration
-            text = await self.task.next_text()
-            if text is None:
-                self.ended = True
-                self.out = self.last()
-            else:
-                self.out = self.chunks(text)
+            news = self.tasks[0].changed
+            news.clear()                # before looking, so that nothing set meanwhile is missed
+            for i, t in enumerate(self.tasks):
+                text = t.ready_text()
+                if text:
+                    self.out += self.chunks(text, i)
+            if not self.out:
+                if all(t.done for t in self.tasks):
+                    self.ended = True
+                    self.out = self.last()
+                else:
+                    await news.wait()
         event = self.out.pop(0)
         return b"data: " + (event if isinstance(event, bytes) else json.dumps(event).encode()) + b"\n\n"
 
+    def cancel(self):
+        for t in self.tasks:
+            t.cancel()
+
     async def aclose(self):
-        self.task.cancel()
+        self.cancel()
 
 
 class StreamResponse(Response):
     """Cancels the generation however the stream ends: finished, client gone, or write error."""
 
-    def __init__(self, task, chunks, last):
-        Response.__init__(self, EventStream(task, chunks, last), 200, {"Content-Type": "text/event-stream",
-                                                                       "Cache-Control": "no-cache"})
+    def __init__(self, tasks, chunks, last):
+        Response.__init__(self, EventStream(tasks, chunks, last), 200, {"Content-Type": "text/event-stream",
+                                                                        "Cache-Control": "no-cache"})
 
     async def write(self, stream):
         try:
             await Response.write(self, stream)
         finally:
-            self.body.task.cancel()
+            self.body.cancel()
 
 
 # ---------------------------------------------------------------- chat page, health, models, props
@@ -547,14 +560,14 @@ async def completion(req):
     task = new_task(body, prompt_tokens(body.get("prompt", "")), n_predict_of(body, "n_predict", "max_tokens"),
                     n_probs_of(body))
     if field(body, "stream", bool, False):
-        def chunk(text):
+        def chunk(text, i):
             out = {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": task.slot,
                    "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt)}
             probs = task.new_probs()
             if probs:
                 out["completion_probabilities"] = probs_json(probs)
             return [out]
-        return StreamResponse(task, chunk, lambda: [native_final(task, "", True)])
+        return StreamResponse([task], chunk, lambda: [native_final(task, "", True)])
     return native_final(task, await finished(task))
 
 
@@ -586,8 +599,6 @@ def choice_tasks(body, tokens, n_predict, n_probs):
     n = field(body, "n", int, 1)
     if not 1 <= n <= settings.parallel:
         raise bad_request("'n' must be between 1 and {} (the server's parallel slots)".format(settings.parallel))
-    if n > 1 and field(body, "stream", bool, False):
-        raise bad_request("'n' above 1 is not supported with stream yet")
     tasks = []
     try:
         for _ in range(n):
@@ -634,14 +645,16 @@ async def oai_completions(req):
     task = tasks[0]
     cid = completion_id("cmpl-")
 
-    def choice(text, reason, logprobs=None):
-        return [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason}]
+    def choice(text, i, reason, logprobs=None):
+        return [{"text": text, "index": i, "logprobs": logprobs, "finish_reason": reason}]
     if field(body, "stream", bool, False):
         def last():
-            return [oai_object(cid, "text_completion", choices=choice("", finish_reason(task)), usage=usage(task),
-                               timings=task.timings()), b"[DONE]"]
-        return StreamResponse(task, lambda text: [oai_object(cid, "text_completion", choices=choice(
-            text, None, oai_logprobs(task.new_probs())))], last)
+            out = [oai_object(cid, "text_completion", choices=choice("", i, finish_reason(t)))
+                   for i, t in enumerate(tasks)]
+            out[-1].update(usage=usage(*tasks), timings=task.timings())
+            return out + [b"[DONE]"]
+        return StreamResponse(tasks, lambda text, i: [oai_object(cid, "text_completion", choices=choice(
+            text, i, None, oai_logprobs(tasks[i].new_probs())))], last)
     texts = await all_finished(tasks)
     choices = [{"text": text, "index": i, "logprobs": oai_logprobs(t.probs), "finish_reason": finish_reason(t)}
                for i, (t, text) in enumerate(zip(tasks, texts))]
@@ -679,31 +692,33 @@ async def oai_chat(req):
     task = tasks[0]
     cid = completion_id("chatcmpl-")
 
-    def chunk(delta, reason=None):
-        return oai_object(cid, "chat.completion.chunk", choices=[{"finish_reason": reason, "index": 0, "delta": delta}])
+    def chunk(delta, i, reason=None):
+        return oai_object(cid, "chat.completion.chunk", choices=[{"finish_reason": reason, "index": i, "delta": delta}])
     if field(body, "stream", bool, False):
-        opened = []
+        opened = set()
 
-        def opening():      # the first delta carries the role
-            if opened:
+        def opening(i):     # each choice's first delta carries the role
+            if i in opened:
                 return []
-            opened.append(True)
-            return [chunk({"role": "assistant", "content": None})]
+            opened.add(i)
+            return [chunk({"role": "assistant", "content": None}, i)]
 
-        def chunks(text):
-            out = chunk({"content": text})
-            probs = task.new_probs()
+        def chunks(text, i):
+            out = chunk({"content": text}, i)
+            probs = tasks[i].new_probs()
             if probs:
                 out["choices"][0]["logprobs"] = oai_logprobs(probs)
-            return opening() + [out]
+            return opening(i) + [out]
 
         def last():
-            out = opening() + [chunk({}, finish_reason(task))]
+            out = []
+            for i, t in enumerate(tasks):
+                out += opening(i) + [chunk({}, i, finish_reason(t))]
             if include_usage(body):
-                out.append(oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(task)))
+                out.append(oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(*tasks)))
             out[-1]["timings"] = task.timings()
             return out + [b"[DONE]"]
-        return StreamResponse(task, chunks, last)
+        return StreamResponse(tasks, chunks, last)
     texts = await all_finished(tasks)
     choices = []
     for i, (t, text) in enumerate(zip(tasks, texts)):
