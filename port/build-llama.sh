@@ -5,7 +5,8 @@
 #   port/build-llama.sh SRC OUT
 #
 # OUT/sse2  the whole build with every GGML_<SIMD> option off and -msse2 -mfpmath=sse (the fastest
-#           under QEMU's TCG), and its llama-simple, llama-tokenize and llama-bench
+#           under QEMU's TCG), libllama-common (the kernel takes its JSON-schema-to-grammar converter)
+#           and its llama-simple, llama-tokenize and llama-bench
 # OUT/avx2  only ggml's CPU backend, with AVX2+FMA+F16C (the fastest on real hardware)
 # OUT/libggml-cpu-sse2.a, OUT/libggml-cpu-avx2.a
 #           the two CPU backends with every symbol they define prefixed (sse2_..., avx2_...), so one
@@ -54,7 +55,7 @@ prefixed() {    # variant
     objcopy --redefine-syms="$out/$1/prefix.map" "$lib" "$out/libggml-cpu-$1.a"
 }
 
-build sse2 llama ggml llama-simple llama-tokenize llama-bench -- \
+build sse2 llama ggml llama-common llama-simple llama-tokenize llama-bench -- \
     -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF
 build avx2 ggml-cpu -- -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 prefixed sse2

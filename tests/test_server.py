@@ -269,8 +269,29 @@ def test_response_format_json_object(srv):
         assert isinstance(json.loads(text), dict), text
     plain = dict(body, response_format={"type": "text"})
     assert request(srv, "POST", "/v1/chat/completions", plain)[0] == 200
-    for bad in ({"type": "yaml"}, "json", {"type": "json_schema", "json_schema": {"schema": {}}}):
+    for bad in ({"type": "yaml"}, "json", {"type": "json_schema", "json_schema": {"schema": []}}):
         status, err = request(srv, "POST", "/v1/chat/completions", dict(body, response_format=bad))
+        assert_error(status, err, 400, "invalid_request_error")
+
+
+SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
+          "required": ["colour", "ok"], "additionalProperties": False}
+
+
+def test_json_schema(srv):
+    # llama.cpp's own converter (from its common library, linked in): OpenAI's spelling and the native one
+    body = {"messages": [{"role": "user", "content": "A colour, as JSON"}], "max_tokens": 200, "temperature": 0,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}}
+    status, out = request(srv, "POST", "/v1/chat/completions", body)
+    assert status == 200 and out["choices"][0]["finish_reason"] == "stop", out
+    value = json.loads(out["choices"][0]["message"]["content"])
+    assert set(value) == {"colour", "ok"} and value["colour"] in ("red", "green", "blue") and value["ok"] in (True, False)
+    native = greedy(srv, n=200, json_schema=SCHEMA)     # (whitespace between tokens is bounded)
+    assert native["stop_type"] == "eos" and set(json.loads(native["content"])) == {"colour", "ok"}
+    # a schema that cannot be converted, a grammar beside it, a schema that is not an object: 400
+    for bad in ({"json_schema": {"type": "object", "properties": {"a": {"$ref": "#/definitions/missing"}}}},
+                {"json_schema": SCHEMA, "grammar": "root ::= \"x\""}, {"json_schema": "object"}):
+        status, err = request(srv, "POST", "/completion", dict({"prompt": PROMPT}, **bad))
         assert_error(status, err, 400, "invalid_request_error")
 
 

@@ -6,6 +6,7 @@ import math
 import random
 import time
 
+import llm
 from microdot import Microdot, Request, Response
 from microdot.cors import CORS
 
@@ -17,16 +18,6 @@ PUBLIC = ("/health", "/v1/health")
 SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.95), ("min_p", float, 0.05),
             ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),
             ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
-
-# response_format {"type": "json_object"}: a JSON object, as llama.cpp's grammars/json.gbnf writes it.
-JSON_OBJECT_GRAMMAR = r"""root ::= object
-value ::= object | array | string | number | ("true" | "false" | "null") ws
-object ::= "{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}" ws
-array ::= "[" ws ( value ( "," ws value )* )? "]" ws
-string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\"" ws
-number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]+ )? ( [eE] [-+]? [0-9] [1-9]{0,15} )? ws
-ws ::= | " " | "\n" [ \t]{0,20}
-"""
 
 class RequestTimeout(Exception):
     pass
@@ -236,16 +227,31 @@ def stop_list(body):
     raise bad_request("'stop' must be a string or an array of strings")
 
 
-def response_format(body):
-    """The grammar for OpenAI's response_format: text (none) or json_object."""
+def schema_grammar(body):
+    """The grammar for a JSON schema, as llama-server takes one: `json_schema`, or OpenAI's
+    response_format json_object (an optional `schema`; any object without) or json_schema
+    ({"json_schema": {"schema": ...}}); converted by llama.cpp's own json_schema_to_grammar."""
+    schema = body.get("json_schema")
     fmt = field(body, "response_format", dict, None)
-    if fmt is None or fmt.get("type") == "text":
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind == "json_object":
+            schema = fmt.get("schema", schema if schema is not None else {})
+        elif kind == "json_schema":
+            wrapper = fmt.get("json_schema")
+            schema = wrapper.get("schema", {}) if isinstance(wrapper, dict) else {}
+        elif kind not in (None, "text"):
+            raise bad_request('response_format type must be one of "text", "json_object" or "json_schema"')
+    if schema is None:
         return None
-    if fmt.get("type") == "json_object":
-        return JSON_OBJECT_GRAMMAR
-    if fmt.get("type") == "json_schema":
-        raise bad_request("response_format json_schema is not supported yet; use json_object or a 'grammar'")
-    raise bad_request("'response_format' type must be text, json_object or json_schema")
+    if field(body, "grammar", str, ""):
+        raise bad_request("Cannot use both json_schema and grammar")
+    if not isinstance(schema, dict):
+        raise bad_request("a JSON schema must be an object")
+    try:
+        return llm.json_schema_to_grammar(json.dumps(schema or {"type": "object"}))
+    except ValueError as e:
+        raise bad_request(str(e))
 
 
 def logit_bias(body):
@@ -347,8 +353,7 @@ def new_task(body, tokens, n_predict, n_probs=0):
     kw = {}
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
-    json_grammar = response_format(body)        # checked even when a grammar is given (which wins)
-    kw["grammar"] = field(body, "grammar", str, None) or json_grammar
+    kw["grammar"] = schema_grammar(body) or field(body, "grammar", str, None)
     kw["logit_bias"] = logit_bias(body)
     if field(body, "ignore_eos", bool, False):      # as llama-server: every end-of-generation token banned
         kw["logit_bias"] = kw["logit_bias"] or {}

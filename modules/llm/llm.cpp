@@ -17,6 +17,7 @@
 
 #include "llama.h"
 #include "ggml.h"
+#include "json-schema-to-grammar.h"     // llama.cpp's common library: what llama-server uses
 
 extern "C" {
 #include "py/runtime.h"
@@ -292,6 +293,23 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     }
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eog), eog);
     return d;
+}
+
+// json_schema_to_grammar(schema_json) -> GBNF text: llama.cpp's own converter, as llama-server
+// applies it to json_schema and response_format
+static std::string converted;     // the converter's output, outside any frame that calls MicroPython
+
+mp_obj_t llm_json_schema_to_grammar(mp_obj_t schema_in) {
+    const char *schema = mp_obj_str_get_str(schema_in);
+    if (!guarded([&] { converted = json_schema_to_grammar(common_json::parse(schema), false); })) {
+        if (strcmp(cpp_error, "out of memory") == 0) {
+            raise_cpp_error();
+        }
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("invalid JSON schema: %s"), cpp_error);
+    }
+    mp_obj_t out = mp_obj_new_str(converted.data(), converted.size());
+    converted.clear();
+    return out;
 }
 
 // ---------------------------------------------------------------- text and tokens

@@ -10,7 +10,7 @@
 //   s = llm.Sampler(m, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
 //                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
 //   s.sample(seq_id=0) s.accept(t) s.reset()
-//   llm.cpu_variant() llm.system_info() llm.verbose(on)
+//   llm.cpu_variant() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
 #include <string.h>
 
 #include "py/runtime.h"
@@ -100,6 +100,7 @@ static mp_obj_t llm_cpu_variant_(void) {
     return mp_obj_new_str(llm_cpu_variant(), strlen(llm_cpu_variant()));
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(llm_cpu_variant_obj, llm_cpu_variant_);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_json_schema_to_grammar_obj, llm_json_schema_to_grammar);
 
 static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_llm) },
@@ -108,6 +109,7 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_cpu_variant), MP_ROM_PTR(&llm_cpu_variant_obj) },
+    { MP_ROM_QSTR(MP_QSTR_json_schema_to_grammar), MP_ROM_PTR(&llm_json_schema_to_grammar_obj) },
 };
 static MP_DEFINE_CONST_DICT(llm_module_globals, llm_module_globals_table);
 
