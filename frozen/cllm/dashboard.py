@@ -69,3 +69,7 @@ class Dashboard:
         while True:
             self.draw()
             await asyncio.sleep_ms(1000)
+
+
+def release():
+    vga.reserve(0)

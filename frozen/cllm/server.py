@@ -67,4 +67,7 @@ def run(the_settings, namespace):
     """Serve until Ctrl-C on the console, which leaves MicroPython's own REPL with namespace."""
     global settings
     settings = the_settings
-    asyncio.run(main(namespace))
+    try:
+        asyncio.run(main(namespace))
+    finally:
+        dashboard.release()             # the whole screen back to the console
