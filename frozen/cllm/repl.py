@@ -47,6 +47,9 @@ async def run(namespace):
                     if source.strip():
                         execute(source, namespace)
                 console.write(MORE if block else PROMPT)
+            elif c == 3:                            # Ctrl-C: out of asyncio.run, the server with it
+                console.write(b"^C\r\n")
+                raise KeyboardInterrupt
             elif c == 8 or c == 127:
                 if line:
                     line = line[:-1]
