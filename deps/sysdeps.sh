@@ -8,9 +8,9 @@ set -euo pipefail
 # qemu-user: bench/llm.py runs the same llama.cpp build under qemu-i386 as the emulator's ceiling.
 # grub-pc-bin, grub-common, xorriso, mtools: `make image` (grub-mkrescue's BIOS hybrid ISO).
 # chromium, fonts-dejavu-core: tests/test_page.py drives the chat page in headless Chromium and reads
-# text pixels off its screenshot (a font for the glyphs).
+# text pixels off its screenshot (a font for the glyphs). curl: tests/test_server.py uses it as people do.
 packages=(gcc-multilib g++-multilib qemu-system-x86 qemu-user ccache xz-utils make cmake debian-archive-keyring
-	grub-pc-bin grub-common xorriso mtools chromium fonts-dejavu-core)
+	grub-pc-bin grub-common xorriso mtools chromium fonts-dejavu-core curl)
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 

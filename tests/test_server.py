@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 
@@ -395,6 +396,24 @@ def test_openai_client(srv):
             finish = chunk.choices[0].finish_reason or finish
     assert "".join(pieces) == chat.choices[0].message.content
     assert finish == chat.choices[0].finish_reason
+
+
+def test_curl(srv):
+    """curl as people type it: a plain GET, a JSON POST, and a stream read as it comes (-N)."""
+    base = f"http://127.0.0.1:{srv.port}"
+
+    def curl(*args):
+        return subprocess.run(["curl", "-sS", "--max-time", "60", *args], capture_output=True, text=True,
+                              check=True).stdout
+    assert json.loads(curl(base + "/health")) == {"status": "ok"}
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0})
+    out = json.loads(curl(base + "/v1/chat/completions", "-H", "Content-Type: application/json", "-d", body))
+    text = out["choices"][0]["message"]["content"]
+    stream = curl("-N", base + "/v1/chat/completions", "-H", "Content-Type: application/json",
+                  "-d", json.dumps(dict(json.loads(body), stream=True)))
+    events = [line[6:] for line in stream.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == text
 
 
 def test_errors_then_still_serving(srv):
