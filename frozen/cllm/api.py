@@ -72,25 +72,30 @@ class Server(Microdot):
             error = ApiError(408, "Request timed out", "invalid_request_error")
         except TooManyHeaders:
             error = ApiError(431, "More than {} header lines".format(settings.max_headers), "invalid_request_error")
-        except OSError:
-            error = OSError
+        except OSError:                     # the client is gone
+            return await close(writer)
         except Exception:                   # a malformed request line or header (microdot's ValueErrors)
             pass                            # dispatch_request(None) answers 400
-        if error is OSError:
-            res = None
-        elif error:
+        if error:
             body, code = error.response()
             res = Response(body, code, {"Connection": "close"})
         else:
             res = await self.dispatch_request(req)
         try:
-            if res is not None and res != Response.already_handled:
+            if res != Response.already_handled:
                 await res.write(writer)
                 if req is None or res.status_code == 413:      # the request was not read to its end
                     await linger(reader)
-            await writer.aclose()
         except OSError:
             pass
+        await close(writer)
+
+
+async def close(writer):
+    try:
+        await writer.aclose()
+    except OSError:
+        pass
 
 
 async def linger(reader, ms=1000, most=1 << 20):
