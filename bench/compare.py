@@ -69,10 +69,10 @@ METRICS = [
 class Machine:
     """One QEMU run; its serial console is collected in the background."""
 
-    def __init__(self, kernel, initrd, append):
+    def __init__(self, kernel, initrd, append, **machine):
         self.port = free_port()
         cmd = qemu_command(modules=[initrd], append=append, mem=MEM, kernel=kernel,
-                           hostfwd=[f"tcp:127.0.0.1:{self.port}-:80"])
+                           hostfwd=[f"tcp:127.0.0.1:{self.port}-:80"], **machine)
         self.console = b""
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -176,11 +176,12 @@ def size_mb(*paths):
 
 
 SERVERS = {
-    "cllm": (lambda: Machine(KERNEL, MODEL, CLLM_APPEND), cllm_ram_mb,
+    "cllm": (lambda **machine: Machine(KERNEL, MODEL, CLLM_APPEND, **machine), cllm_ram_mb,
              lambda: size_mb(os.path.join(os.path.dirname(KERNEL), "cllm-stripped.elf"), MODEL)),
 }
 for _peer in ("same", "stock"):
-    SERVERS["peer-" + _peer] = (lambda p=_peer: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), PEER_APPEND),
+    SERVERS["peer-" + _peer] = (lambda p=_peer, **machine: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), PEER_APPEND,
+                                                                   **machine),
                                 peer_ram_mb, lambda p=_peer: size_mb(PEER_KERNEL, PEER_INITRAMFS.format(p)))
 
 
