@@ -33,7 +33,7 @@ IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
 QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
 
-.PHONY: all help setup deps kernel run run-debug image run-image test bench bench-llm clean distclean
+.PHONY: all help setup deps kernel run run-debug image run-image peer test bench bench-boot bench-llm clean distclean
 
 all: kernel
 
@@ -46,7 +46,11 @@ help:
 	@echo "                  the kernel, MODEL as boot module and the command line; prints its size"
 	@echo "  make run-image  boot $(IMAGE) with qemu-system-i386 -cdrom (serial console here, as run)"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
-	@echo "  make bench      boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
+	@echo "  make bench      cllm against Linux + llama.cpp's llama-server (stock and cllm's ggml build) in the same"
+	@echo "                  QEMU, BENCH_RUNS times each: boot, tokens/s, time to first token, /health rate, RAM,"
+	@echo "                  image size; prints the table, writes $(BUILD)/bench/compare.json and .png (bench/compare.py)"
+	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
+	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
@@ -56,6 +60,8 @@ help:
 	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
 	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
 	@echo "           image only: N_CTX= PARALLEL= API_KEY= (added to the command line), IMAGE=$(IMAGE)"
+	@echo "           bench only: BENCH_RUNS=3 BENCH_GEN=128 BENCH_PARAGRAPHS=5 (of prompt, ~40 tokens each) BENCH_HEALTH=500"
+	@echo "                       BENCH_PEERS=same,stock BENCH_CEILING=1 (0: no qemu-i386 user-mode run)"
 
 # --- set-up: each step leaves a stamp, so a second run touches no network -----------------
 $(BUILD)/.sysdeps: deps/sysdeps.sh
@@ -116,11 +122,34 @@ run-image: image
 	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
 	-@qemu-system-i386 $(QEMU_MACHINE) -cdrom $(IMAGE) $(QEMU_CONSOLE)
 
+# --- the Linux-guest peer that `make bench` compares with ---------------------------------
+# Debian bookworm's i386 kernel and busybox (deps/lock), llama-server from the same sdist built twice
+# (port/build-llama.sh ... peer), each packed with the model into an initramfs (peer/).
+PEER := $(BUILD)/peer
+PEER_E1000 = $(wildcard $(DEPS)/peer-linux/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko)
+
+$(LLAMA_BUILD)/.peer-stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
+	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) peer
+	@touch $@
+
+$(PEER)/initramfs-%.cpio: $(LLAMA_BUILD)/.peer-stamp $(DEPS)/peer-linux/.stamp $(DEPS)/peer-busybox/.stamp \
+		$(DEPS)/smollm2/.stamp peer/init peer/initramfs.py
+	@mkdir -p $(PEER)
+	@strip -o $(PEER)/llama-server-$* $(LLAMA_BUILD)/peer-$*/bin/llama-server   # as the kernel is measured
+	@python3 peer/initramfs.py $@ $(DEPS)/peer-busybox/bin/busybox $(PEER_E1000) \
+		$(PEER)/llama-server-$* $(DEFAULT_MODEL) peer/init
+	@echo "peer: $@ ($$(stat -c %s $@) bytes)"
+
+peer: $(PEER)/initramfs-stock.cpio $(PEER)/initramfs-same.cpio
+
 # --- tests and benchmarks -----------------------------------------------------------------
 test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
 
-bench: kernel $(VENV)/.stamp
+bench: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/compare.py
+
+bench-boot: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
 
 bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp

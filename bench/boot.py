@@ -1,7 +1,7 @@
 """Boot time: QEMU start -> first `>>> ` on the serial console, against the same QEMU starting a
 kernel that exits at once (the emulator's own floor). Prints medians and their ratio.
 
-    make bench                  (or: CLLM_KERNEL=build/port/cllm.elf python bench/boot.py [runs])
+    make bench-boot             (or: CLLM_KERNEL=build/port/cllm.elf python bench/boot.py [runs])
 """
 import os
 import statistics

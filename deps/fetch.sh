@@ -13,8 +13,9 @@
 #   FETCH_VERBOSE  1 = show apt-get/pip output on the terminal too (it always goes to $DEPS_DIR/logs/NAME.log)
 #
 # Lock kinds: apt-src (Debian trixie source package, orig tarball only, through a private apt state that
-# never touches the system's), pypi-sdist, pypi-wheel (pip download from the configured index), shared
-# (a file in ../shared/deps/ beside the repo).
+# never touches the system's), apt-deb (Debian bookworm i386 binary package, the same way; unpacked with
+# dpkg-deb -x), pypi-sdist, pypi-wheel (pip download from the configured index), shared (a file in
+# ../shared/deps/ beside the repo).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -45,7 +46,7 @@ while read -r n k p v f s extra || [[ -n ${n:-} ]]; do
 	[[ -n ${s:-} && -z ${extra:-} ]] ||
 		die "$lockname: malformed entry '$n' (want 6 columns: name kind package version file sha256)"
 	[[ $s =~ ^[0-9a-f]{64}$ ]] || die "$lockname: '$n' has a malformed sha256 '$s'"
-	case $k in apt-src | pypi-sdist | pypi-wheel | shared) ;; *) die "$lockname: '$n' has unknown kind '$k'" ;; esac
+	case $k in apt-src | apt-deb | pypi-sdist | pypi-wheel | shared) ;; *) die "$lockname: '$n' has unknown kind '$k'" ;; esac
 	KIND[$n]=$k PKG[$n]=$p VER[$n]=$v FILE[$n]=$f SHA[$n]=$s
 	names+=("$n")
 done <"$lock"
@@ -111,12 +112,19 @@ run_logged() {
 }
 
 # ----------------------------------------------------------------------------------- private apt
+# One private apt state per kind, made on first use: apt-src reads Debian trixie's source index,
+# apt-deb bookworm's i386 binary index. Only the mirror's URI comes from the system's configuration
+# (read here, at run time); the system's package lists, status and cache stay untouched.
+declare -A APT_READY
 apt_cmd=()
 apt_conf_src=
-# apt_setup NAME LOG: make a private apt state for Debian trixie sources and read its index (once).
-apt_setup() {
-	[[ ${#apt_cmd[@]} -gt 0 ]] && return 0
-	local n=$1 log=$2 uri a=$work/apt
+apt_setup() {   # kind name log: point apt_cmd at the private state for kind (reading its index once)
+	local kind=$1 n=$2 log=$3 uri a=$work/apt-$1 what
+	local opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$a/etc/sources.list.d"
+		-o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache" -o APT::Sandbox::User=root)
+	[[ $kind == apt-deb ]] && opts+=(-o APT::Architecture=i386 -o APT::Architectures=i386 -o Dir::State::status=/dev/null)
+	apt_cmd=(env "APT_CONFIG=$a/apt.conf" apt-get "${opts[@]}")
+	[[ -n ${APT_READY[$kind]:-} ]] && return 0
 	apt_conf_src=/etc/apt/sources.list.d/debian.sources
 	if [[ -f $apt_conf_src ]]; then
 		uri=$(awk '$1 == "URIs:" { print $2; exit }' "$apt_conf_src")
@@ -125,15 +133,16 @@ apt_setup() {
 		uri=$(sed -n -E '/^[[:space:]]*deb[[:space:]]/{s/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p;q;}' \
 			"$apt_conf_src" 2>/dev/null || true)
 	fi
-	[[ -n $uri ]] || die "$n: no Debian mirror found in $apt_conf_src; cannot fetch Debian source packages"
+	[[ -n $uri ]] || die "$n: no Debian mirror found in $apt_conf_src; cannot fetch Debian packages"
 	mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$a/etc/sources.list.d"
-	cat >"$a/etc/sources.list.d/trixie-src.sources" <<-EOF
-		Types: deb-src
-		URIs: $uri
-		Suites: trixie
-		Components: main
-		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-	EOF
+	if [[ $kind == apt-src ]]; then
+		what="Debian trixie source index"
+		printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\n' "$uri"
+	else
+		what="Debian bookworm i386 package index"
+		printf 'Types: deb\nURIs: %s\nSuites: bookworm\nComponents: main\nArchitectures: i386\n' "$uri"
+	fi >"$a/etc/sources.list.d/private.sources"
+	echo "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >>"$a/etc/sources.list.d/private.sources"
 	# The system's apt configuration (proxies etc.) still applies, but not its update hooks, which
 	# would refresh system caches (appstream, packagekit): apt reads Dir::Etc::Main after the parts
 	# directory, so a private main file can clear them.
@@ -146,15 +155,10 @@ apt_setup() {
 		printf '#clear APT::Update::Pre-Invoke;\n#clear APT::Update::Post-Invoke;\n'
 		printf '#clear APT::Update::Post-Invoke-Success;\n'
 	} >"$a/main.conf"
-	apt_cmd=(env "APT_CONFIG=$a/apt.conf" apt-get
-		-o Dir::Etc::SourceList=/dev/null
-		-o "Dir::Etc::SourceParts=$a/etc/sources.list.d"
-		-o "Dir::State::Lists=$a/lists"
-		-o "Dir::Cache=$a/cache"
-		-o APT::Sandbox::User=root)
-	note "$n: reading the Debian trixie source index (apt-get update) ..."
+	note "$n: reading the $what (apt-get update) ..."
 	run_logged "$log" "${apt_cmd[@]}" --error-on=any update ||
-		die "$n: could not read the Debian trixie source index; check network access to the Debian source mirror configured in $apt_conf_src (log: $(rel "$log"))"
+		die "$n: could not read the $what; check network access to the Debian mirror configured in $apt_conf_src (log: $(rel "$log"))"
+	APT_READY[$kind]=1
 }
 
 # -------------------------------------------------------------------------------------- download
@@ -181,12 +185,21 @@ fetch_file() {
 		;;
 	apt-src)
 		origin="the registry served a different file"
-		apt_setup "$n" "$log"
+		apt_setup apt-src "$n" "$log"
 		note "$n: downloading $file (Debian trixie source $pkg=$ver) ..."
 		(cd "$tmp" && run_logged "$log" "${apt_cmd[@]}" source --download-only "$pkg=$ver") ||
 			die "$n: could not download $file (Debian trixie source package $pkg=$ver); check network access to the Debian source mirror configured in $apt_conf_src and that trixie still has this version (log: $(rel "$log"))"
 		[[ -f $tmp/$file ]] ||
 			die "$n: apt-get source $pkg=$ver did not bring $file (got: $(cd "$tmp" && echo *)); check $lockname"
+		;;
+	apt-deb)
+		origin="the registry served a different file"
+		apt_setup apt-deb "$n" "$log"
+		note "$n: downloading $file (Debian bookworm i386 package $pkg=$ver) ..."
+		(cd "$tmp" && run_logged "$log" "${apt_cmd[@]}" download "$pkg=$ver") ||
+			die "$n: could not download $file (Debian bookworm i386 package $pkg=$ver); check network access to the Debian mirror configured in $apt_conf_src and that bookworm still has this version (apt-cache policy $pkg shows what it has now; pin that in $lockname) (log: $(rel "$log"))"
+		[[ -f $tmp/$file ]] ||
+			die "$n: apt-get download $pkg=$ver did not bring $file (got: $(cd "$tmp" && echo *)); check $lockname"
 		;;
 	pypi-sdist | pypi-wheel)
 		origin="the registry served a different file"
@@ -235,6 +248,10 @@ unpack() {
 	*.whl | *.zip)
 		"$python" -m zipfile -e "$dl/$file" "$tmp" ||
 			die "$n: could not unzip $(rel "$dl/$file"); delete it and fetch again"
+		;;
+	*.deb)
+		dpkg-deb -x "$dl/$file" "$tmp" ||
+			die "$n: could not unpack $(rel "$dl/$file"); delete it and fetch again"
 		;;
 	*.tar | *.tar.* | *.tgz)
 		tops=$(tar -tf "$dl/$file" | sed 's#^\./##' | cut -d/ -f1 | sort -u) ||

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build llama.cpp from the pinned sdist's vendor/llama.cpp for the kernel: static i386 archives of
-# libllama and ggml with two CPU backends, plus the host tools tests and benchmarks compare against.
+# libllama and ggml with two CPU backends, plus the host tools tests and benchmarks compare against;
+# or the static i386 llama-server of the Linux-guest peer that `make bench` compares cllm with.
 #
-#   port/build-llama.sh SRC OUT
+#   port/build-llama.sh SRC OUT          the kernel's builds:
 #
 # OUT/sse2  the whole build with every GGML_<SIMD> option off and -msse2 -mfpmath=sse (the fastest
 #           under QEMU's TCG), libllama-common (the kernel takes its JSON-schema-to-grammar converter)
@@ -11,8 +12,14 @@
 # OUT/libggml-cpu-sse2.a, OUT/libggml-cpu-avx2.a
 #           the two CPU backends with every symbol they define prefixed (sse2_..., avx2_...), so one
 #           static image holds both; modules/llm/cpu_variant.c picks one at boot
+#
+#   port/build-llama.sh SRC OUT peer     the peer's llama-server, twice:
+#
+# OUT/peer-stock/bin/llama-server  llama.cpp's default x86 options for a portable build (GGML_NATIVE=OFF:
+#           SSE4.2, AVX, AVX2, FMA, F16C; BMI2 off as it does not build for i386) and no extra flags
+# OUT/peer-same/bin/llama-server   the kernel's sse2 build options and flags exactly
 set -euo pipefail
-src=$1 out=$2
+src=$1 out=$2 what=${3:-kernel}
 
 common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGGML_NATIVE=OFF
         -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_BACKEND_DL=OFF -DGGML_BMI2=OFF
@@ -20,7 +27,9 @@ common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGG
         -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_CCACHE=ON
         -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++
         -DCMAKE_EXE_LINKER_FLAGS="-m32 -static -no-pie")
-flags="-m32 -msse2 -mfpmath=sse -fno-pie -fno-omit-frame-pointer"
+sse2_flags="-m32 -msse2 -mfpmath=sse -fno-pie -fno-omit-frame-pointer"
+sse2_options=(-DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF)
+flags=$sse2_flags
 
 build() {   # variant targets... -- cmake options...
     local variant=$1; shift
@@ -55,8 +64,14 @@ prefixed() {    # variant
     objcopy --redefine-syms="$out/$1/prefix.map" "$lib" "$out/libggml-cpu-$1.a"
 }
 
-build sse2 llama ggml llama-common llama-simple llama-tokenize llama-bench -- \
-    -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF
+if [[ $what == peer ]]; then
+    build peer-same llama-server -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
+    flags="-m32"
+    build peer-stock llama-server -- -DLLAMA_BUILD_SERVER=ON
+    echo "llama.cpp: $out/peer-same/bin/llama-server and $out/peer-stock/bin/llama-server ready"
+    exit 0
+fi
+build sse2 llama ggml llama-common llama-simple llama-tokenize llama-bench -- "${sse2_options[@]}"
 build avx2 ggml-cpu -- -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 prefixed sse2
 prefixed avx2

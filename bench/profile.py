@@ -1,0 +1,75 @@
+"""Where a guest's time goes: sample its EIP through the QEMU monitor (`info registers`, ~300 times a
+second) while one of bench/compare.py's workloads runs, and name the function each sample falls in
+(cllm: the kernel's symbols; the peer: llama-server's, and "linux" for any kernel address: Debian keeps
+the real System.map in a -dbg package). A sample taken while the CPU sits in `hlt` is "(halted)": time
+spent waiting for QEMU's network or timers, not computing. Each sample stops the vCPU briefly: use the
+shares, not the rates.
+
+    python bench/profile.py cllm|peer-same|peer-stock health|completion     (after `make bench`)
+"""
+import bisect
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402
+from qemu import Monitor  # noqa: E402
+
+
+def symbols(server):
+    """Sorted (address, name) of the code the guest runs."""
+    if server == "cllm":
+        files = [compare.KERNEL]
+    else:
+        files = [os.path.join(compare.BUILD, "llama", server, "bin", "llama-server")]
+    out = []
+    for f in files:
+        nm = subprocess.run(["nm", "-n", "-C", f], capture_output=True, text=True, check=True).stdout
+        out += [(int(a, 16), name) for a, kind, name in (l.split(" ", 2) for l in nm.splitlines() if l[:1] != " ")
+                if kind in "tTwW"]
+    if server != "cllm":
+        out.append((0xc0000000, "linux"))        # the i386 kernel's half of the address space
+    return sorted(out)
+
+
+def main():
+    server, work = sys.argv[1], sys.argv[2]
+    syms = symbols(server)
+    starts = [a for a, _ in syms]
+    path = f"/tmp/cllm-profile-{os.getpid()}.sock"
+    m = compare.SERVERS[server][0](monitor=f"unix:{path},server=on,wait=off")
+    samples, done = collections.Counter(), threading.Event()
+    try:
+        print(f"{server}: /health 200 after {m.wait_ready():.1f} s", flush=True)
+        mon = Monitor(path)
+
+        def sample():
+            while not done.is_set():
+                regs = mon.command("info registers")
+                i = bisect.bisect_right(starts, int(re.search(rb"EIP=([0-9a-f]+)", regs).group(1), 16)) - 1
+                samples["(halted)" if b"HLT=1" in regs else syms[i][1] if i >= 0 else "?"] += 1
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        result = compare.health_rate(m) if work == "health" else compare.completion(m)
+        done.set()
+        sampler.join()
+        print({k: v for k, v in result.items() if k != "text"})
+        n = sum(samples.values())
+        print(f"{n} EIP samples")
+        for name, count in samples.most_common(30):
+            print(f"  {100 * count / n:5.1f}%  {name}")
+    finally:
+        m.close()
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+if __name__ == "__main__":
+    main()
