@@ -52,6 +52,8 @@ help:
 	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
 	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
+	@echo "  make bench-http the HTTP server vs. llama-server (same build) under qemu-i386: ready, /health rate,"
+	@echo "                  time to first token, streamed tokens/s (bench/http.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
@@ -155,7 +157,10 @@ bench-boot: kernel $(VENV)/.stamp
 bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py
 
-.PHONY: bench-net
+bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/http.py
+
+.PHONY: bench-net bench-http
 bench-net: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/net.py
 
