@@ -218,7 +218,8 @@ static mp_obj_t kernel_thread_test(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_thread_test_obj, 1, 2, kernel_thread_test);
 
-static void raise_fault(const char *kind) {
+// Inlined: the dump's first frame is the function Python (or the thread) called.
+static inline __attribute__((always_inline)) void raise_fault(const char *kind) {
     if (strcmp(kind, "ud") == 0) {
         __asm__ volatile ("ud2");
     } else if (strcmp(kind, "de") == 0) {
