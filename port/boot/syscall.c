@@ -232,10 +232,6 @@ static long futex(u32 addr, u32 op, u32 val, int64_t timeout_ns) {
     switch (cmd) {
         case 0:  // FUTEX_WAIT
         case 9:  // FUTEX_WAIT_BITSET
-            if (cpu_count == 1) {
-                // One thread: nobody could ever wake us, so the value cannot be about to change.
-                return -EAGAIN;
-            }
             uint64_t deadline = 0;
             if (timeout_ns >= 0) {
                 uint64_t now = clock_ns();

@@ -110,13 +110,23 @@ void thread_exit(void) {
     call_on_stack(this_cpu()->idle_stack_top, thread_exited);
 }
 
+static int other_threads(int me) {
+    for (int i = 0; i < cpu_count; i++) {
+        if (i != me && cpus[i].state >= CPU_CLAIMED) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 // With interrupts off throughout: a wake between the check of *addr and the hlt is an IPI
-// pending until "sti; hlt", which it then ends at once.
+// pending until "sti; hlt", which it then ends at once. The main thread alone (one CPU, or no
+// thread started) has nobody to wake it, so the value cannot be about to change: -EAGAIN.
 long futex_wait(volatile uint32_t *addr, uint32_t val, uint64_t deadline_ns) {
     int me = cpu_id();
     struct cpu *c = &cpus[me];
     uint32_t flags = spin_lock(&futex_lock);
-    if (*addr != val) {
+    if (*addr != val || !other_threads(me)) {
         spin_unlock(&futex_lock, flags);
         return -EAGAIN;
     }
