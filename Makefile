@@ -8,16 +8,19 @@ KERNEL  := $(BUILD)/port/cllm.elf
 MEM     ?= 512M
 PORT    ?= 8080
 CPU     ?= max
+SMP     ?= $(shell nproc)
 MODEL   ?= $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 APPEND  ?=
 JOBS    ?= $(shell nproc)
 
 DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-# The machine every target boots: TCG (no KVM for i386 guests here), the e1000 on a user-mode
+# The machine every target boots: TCG (no KVM for i386 guests here) with SMP CPUs, each on a
+# host thread of its own (multi-threaded TCG) when there are several; the e1000 on a user-mode
 # network that reaches nothing but the forwarded port, and isa-debug-exit so that the kernel's
 # exit status (and a panic) ends QEMU with status (code << 1) | 1.
-QEMU_MACHINE = -machine pc -accel tcg -cpu $(CPU) -m $(MEM) -no-reboot \
+QEMU_ACCEL = $(if $(filter 1,$(SMP)),-accel tcg,-accel tcg$(comma)thread=multi -smp $(SMP))
+QEMU_MACHINE = -machine pc $(QEMU_ACCEL) -cpu $(CPU) -m $(MEM) -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 \
 	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0
 QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
@@ -51,7 +54,8 @@ help:
 	@echo "                  image size; prints the table, writes $(BUILD)/bench/compare.json and .png (bench/compare.py)"
 	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
 	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
-	@echo "  make bench-llm  inference speed in the kernel vs. the same llama.cpp build under qemu-i386 (bench/llm.py)"
+	@echo "  make bench-llm  inference speed in the kernel with SMP=1 and SMP CPUs vs. the same llama.cpp build under"
+	@echo "                  qemu-i386 (bench/llm.py)"
 	@echo "  make bench-http the HTTP server vs. llama-server (same build) under qemu-i386: ready, /health rate,"
 	@echo "                  time to first token, streamed tokens/s (bench/http.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
@@ -59,6 +63,7 @@ help:
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
 	@echo "  make distclean  remove $(BUILD) entirely"
 	@echo "variables: MEM=$(MEM) PORT=$(PORT) (host 127.0.0.1:PORT -> guest :80) CPU=$(CPU)"
+	@echo "           SMP=$(SMP) guest CPUs (default: the host's cores); llama.cpp uses one thread per CPU unless APPEND='threads=N'"
 	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
 	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
 	@echo "           image only: N_CTX= PARALLEL= API_KEY= (added to the command line), IMAGE=$(IMAGE)"
@@ -155,7 +160,7 @@ bench-boot: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
 
 bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
-	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py --smp $(SMP)
 
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/http.py

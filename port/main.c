@@ -14,6 +14,7 @@
 #include "port/boot/kernel.h"
 #include "port/boot/mem.h"
 #include "port/boot/panic.h"
+#include "port/boot/smp.h"
 #include "port/drivers/console.h"
 #include "port/drivers/clock.h"
 #include "modules/llm/llm.h"
@@ -60,6 +61,11 @@ static void print_banner(size_t heap) {
     }
     printf("%s clock: %s, cpu: sse2%s, gc heap: %u KiB\n", clock_stamp(), clock_source(), kernel.avx ? " avx" : "",
         (unsigned)(heap / 1024));
+    printf("%s cpus: %d (%s):", clock_stamp(), cpu_count, cpus_source);
+    for (int i = 0; i < cpu_count; i++) {
+        printf(" cpu%d=apic%u", i, cpus[i].apic_id);
+    }
+    printf("\n");
     fflush(stdout);
 }
 
@@ -77,6 +83,7 @@ int main(int argc, char **argv) {
     (void)argv;
     console_init();
     __asm__ volatile ("sti");
+    smp_init();
 
     size_t heap_size = gc_heap_size();
     void *heap = malloc(heap_size);

@@ -52,7 +52,7 @@ AFLAGS = $(ARCH_FLAGS)
 # The kernel layer runs before glibc is initialised and inside interrupts: no implicit
 # memcpy/memset, no SSE registers (interrupt entry does not save them).
 KERNEL_SRC_C = $(wildcard port/boot/*.c port/drivers/*.c)
-KERNEL_SRC_S = port/boot/entry.S port/boot/traps.S
+KERNEL_SRC_S = port/boot/entry.S port/boot/traps.S port/boot/smp_entry.S
 KERNEL_OBJ = $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o) $(KERNEL_SRC_S:.S=.o))
 $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o)): CFLAGS += -ffreestanding -fno-builtin -mgeneral-regs-only
 

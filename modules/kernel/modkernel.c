@@ -1,13 +1,18 @@
 // kernel: what the boot code found, counters from the system-call shim, and deliberate
-// faults and allocations that exercise the kernel layer from Python.
+// faults, allocations and threads that exercise the kernel layer from Python.
+#include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
 
 #include "py/runtime.h"
 #include "py/objstr.h"
 #include "port/boot/kernel.h"
 #include "port/boot/mem.h"
 #include "port/boot/trap.h"
+#include "port/boot/smp.h"
 #include "port/drivers/clock.h"
 
 // cmdline() -> str: the kernel command line as the loader passed it
@@ -100,11 +105,121 @@ static mp_obj_t kernel_malloc_check(mp_obj_t nbytes_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(kernel_malloc_check_obj, kernel_malloc_check);
 
-// fault(kind): raise a CPU exception on purpose, to see the panic dump. kind is "ud"
-// (invalid opcode), "de" (divide error), "gp" (general protection: a bad segment selector)
-// or "bp" (breakpoint). Does not return.
-static mp_obj_t kernel_fault(mp_obj_t kind_in) {
-    const char *kind = mp_obj_str_get_str(kind_in);
+// cpus() -> int: the CPUs running (CPU 0, which runs Python, and one per glibc thread more)
+static mp_obj_t kernel_cpus(void) {
+    return MP_OBJ_NEW_SMALL_INT(cpu_count);
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(kernel_cpus_obj, kernel_cpus);
+
+// A relay through pthread mutex + condition variable (futex waits and wakes): participant
+// i waits for its turn, passes it to i + 1, rounds times over.
+struct relay {
+    pthread_mutex_t lock;
+    pthread_cond_t turn_changed;
+    int turn, participants, rounds;
+    pid_t tids[CPUS_MAX];
+    int bad;
+};
+
+static __thread int relay_seat;    // each thread's own TLS: checked after the relay
+
+static void relay_run(struct relay *r, int seat) {
+    relay_seat = seat;
+    r->tids[seat] = (pid_t)syscall(SYS_gettid);
+    for (int k = 0; k < r->rounds; k++) {
+        pthread_mutex_lock(&r->lock);
+        while (r->turn != seat) {
+            pthread_cond_wait(&r->turn_changed, &r->lock);
+        }
+        r->turn = (seat + 1) % r->participants;
+        pthread_cond_broadcast(&r->turn_changed);
+        pthread_mutex_unlock(&r->lock);
+        void *p = malloc(1000 + seat * 100 + k);     // glibc's per-thread arenas, through mmap
+        if (!p) {
+            __atomic_fetch_add(&r->bad, 1, __ATOMIC_RELAXED);
+        }
+        free(p);
+    }
+    if (relay_seat != seat) {
+        __atomic_fetch_add(&r->bad, 1, __ATOMIC_RELAXED);
+    }
+}
+
+struct relay_arg {
+    struct relay *relay;
+    int seat;
+};
+
+static void *relay_thread(void *arg) {
+    struct relay_arg *a = arg;
+    relay_run(a->relay, a->seat);
+    return (void *)(intptr_t)(a->seat * 7);
+}
+
+// thread_test(cycles, rounds=20) -> dict: cycles times, start one pthread per CPU but this one,
+// pass a turn round all of them (main thread included) rounds times, join them. Returns the
+// threads joined, distinct thread ids seen in the last cycle, and glibc's
+// sysconf(_SC_NPROCESSORS_ONLN). OSError(EAGAIN) when there is no other CPU.
+static mp_obj_t kernel_thread_test(size_t n_args, const mp_obj_t *args) {
+    int cycles = mp_obj_get_int(args[0]);
+    int rounds = n_args > 1 ? mp_obj_get_int(args[1]) : 20;
+    int workers = cpu_count - 1;
+    struct relay r;
+    int joined = 0, distinct = 0, err = 0;
+    for (int c = 0; c < cycles && !err; c++) {
+        memset(&r, 0, sizeof(r));
+        pthread_mutex_init(&r.lock, NULL);
+        pthread_cond_init(&r.turn_changed, NULL);
+        r.participants = workers + 1;
+        r.rounds = rounds;
+        pthread_t threads[CPUS_MAX];
+        struct relay_arg targs[CPUS_MAX];
+        int started = 0;
+        for (int i = 0; i < workers; i++) {
+            targs[i] = (struct relay_arg){ &r, i + 1 };
+            err = pthread_create(&threads[i], NULL, relay_thread, &targs[i]);
+            if (err) {
+                break;
+            }
+            started++;
+        }
+        if (err) {
+            r.participants = started + 1;   // let the started ones finish their relay
+        }
+        relay_run(&r, 0);
+        for (int i = 0; i < started; i++) {
+            void *ret;
+            pthread_join(threads[i], &ret);
+            r.bad += (intptr_t)ret != (i + 1) * 7;
+            joined++;
+        }
+        pthread_cond_destroy(&r.turn_changed);
+        pthread_mutex_destroy(&r.lock);
+        if (r.bad) {
+            mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("cycle %d: %d checks failed"), c, r.bad);
+        }
+        distinct = 0;
+        for (int i = 0; i < started + 1; i++) {
+            int seen = 0;
+            for (int j = 0; j < i; j++) {
+                seen |= r.tids[j] == r.tids[i];
+            }
+            distinct += !seen;
+        }
+    }
+    if (err || workers == 0) {
+        mp_raise_OSError(err ? err : EAGAIN);
+    }
+    mp_obj_t d = mp_obj_new_dict(3);
+    dict_set(d, MP_QSTR_threads, MP_OBJ_NEW_SMALL_INT(joined));
+    dict_set(d, MP_QSTR_tids, MP_OBJ_NEW_SMALL_INT(distinct));
+    dict_set(d, MP_QSTR_nprocs_onln, MP_OBJ_NEW_SMALL_INT(sysconf(_SC_NPROCESSORS_ONLN)));
+    return d;
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_thread_test_obj, 1, 2, kernel_thread_test);
+
+// Inlined: the dump's first frame is the function Python (or the thread) called.
+static inline __attribute__((always_inline)) void raise_fault(const char *kind) {
     if (strcmp(kind, "ud") == 0) {
         __asm__ volatile ("ud2");
     } else if (strcmp(kind, "de") == 0) {
@@ -113,12 +228,36 @@ static mp_obj_t kernel_fault(mp_obj_t kind_in) {
         __asm__ volatile ("movw $0x1234, %%ax; movw %%ax, %%ds" ::: "eax");
     } else if (strcmp(kind, "bp") == 0) {
         __asm__ volatile ("int3");
-    } else {
+    }
+}
+
+static void *fault_thread(void *kind) {
+    raise_fault(kind);
+    return NULL;
+}
+
+// fault(kind, thread=False): raise a CPU exception on purpose, to see the panic dump. kind is
+// "ud" (invalid opcode), "de" (divide error), "gp" (general protection: a bad segment
+// selector) or "bp" (breakpoint). thread=True raises it in a new pthread, i.e. on another CPU
+// (OSError(EAGAIN) if there is none). Does not return.
+static mp_obj_t kernel_fault(size_t n_args, const mp_obj_t *args) {
+    const char *kind = mp_obj_str_get_str(args[0]);
+    if (strcmp(kind, "ud") && strcmp(kind, "de") && strcmp(kind, "gp") && strcmp(kind, "bp")) {
         mp_raise_ValueError(MP_ERROR_TEXT("kind must be 'ud', 'de', 'gp' or 'bp'"));
+    }
+    if (n_args > 1 && mp_obj_is_true(args[1])) {
+        pthread_t t;
+        int err = pthread_create(&t, NULL, fault_thread, (void *)kind);
+        if (err) {
+            mp_raise_OSError(err);
+        }
+        pthread_join(t, NULL);
+    } else {
+        raise_fault(kind);
     }
     return mp_const_none;
 }
-static MP_DEFINE_CONST_FUN_OBJ_1(kernel_fault_obj, kernel_fault);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_fault_obj, 1, 2, kernel_fault);
 
 // exit(status=0): power off; under QEMU with isa-debug-exit, QEMU exits with (status << 1) | 1
 static mp_obj_t kernel_exit_(size_t n_args, const mp_obj_t *args) {
@@ -135,6 +274,8 @@ static const mp_rom_map_elem_t kernel_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_clock), MP_ROM_PTR(&kernel_clock_obj) },
     { MP_ROM_QSTR(MP_QSTR_syscalls), MP_ROM_PTR(&kernel_syscalls_obj) },
     { MP_ROM_QSTR(MP_QSTR_malloc_check), MP_ROM_PTR(&kernel_malloc_check_obj) },
+    { MP_ROM_QSTR(MP_QSTR_cpus), MP_ROM_PTR(&kernel_cpus_obj) },
+    { MP_ROM_QSTR(MP_QSTR_thread_test), MP_ROM_PTR(&kernel_thread_test_obj) },
     { MP_ROM_QSTR(MP_QSTR_fault), MP_ROM_PTR(&kernel_fault_obj) },
     { MP_ROM_QSTR(MP_QSTR_exit), MP_ROM_PTR(&kernel_exit_obj) },
 };

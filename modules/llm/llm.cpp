@@ -25,6 +25,8 @@ extern "C" {
 #include "py/mperrno.h"
 #include "llm.h"
 #include "port/drivers/clock.h"
+#include "port/boot/kernel.h"
+#include "port/boot/smp.h"
 mp_obj_t llm_floats_to_ndarray(const float *values, size_t n);
 }
 
@@ -161,7 +163,18 @@ static bool print_progress(float done, void *) {
     return true;
 }
 
-// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1, vocab_only=False, progress=False)
+// The engine's threads: threads=N on the kernel command line, else one per CPU. ggml's pool
+// starts n - 1 threads per graph and the kernel runs one thread per CPU: never more than CPUs.
+static int default_threads() {
+    char buf[16];
+    int n = cpu_count;
+    if (cmdline_get("threads", buf, sizeof(buf)) && atoi(buf) >= 1) {
+        n = atoi(buf) < cpu_count ? atoi(buf) : cpu_count;
+    }
+    return n;
+}
+
+// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
     enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_vocab_only, ARG_progress };
     static const mp_arg_t allowed[] = {
@@ -169,7 +182,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
         { MP_QSTR_n_batch, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 512} },
         { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
-        { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 1} },
+        { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
         { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
@@ -178,8 +191,14 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     const char *path = mp_obj_str_get_str(args[ARG_path].u_obj);
     int n_ctx = args[ARG_n_ctx].u_int, n_batch = args[ARG_n_batch].u_int;
     int n_seq = args[ARG_n_seq].u_int, n_threads = args[ARG_n_threads].u_int;
+    if (n_threads == 0) {
+        n_threads = default_threads();
+    }
     if (n_ctx < 8 || n_batch < 1 || n_seq < 1 || n_seq > 64 || n_threads < 1) {
         mp_raise_ValueError(MP_ERROR_TEXT("need n_ctx >= 8, n_batch >= 1, 1 <= n_seq <= 64, n_threads >= 1"));
+    }
+    if (n_threads > cpu_count) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_threads=%d but %d CPUs: one thread per CPU"), n_threads, cpu_count);
     }
     struct stat st;
     if (stat(path, &st) != 0) {
@@ -280,6 +299,7 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     dict_int(d, "n_params", (long long)llama_model_n_params(self->model));
     dict_int(d, "size", (long long)llama_model_size(self->model));
     dict_int(d, "n_seq", self->n_seq);
+    dict_int(d, "n_threads", self->ctx ? llama_n_threads(self->ctx) : 0);
     dict_str(d, "chat_template", llama_model_chat_template(self->model, nullptr));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_bos), token_or_none(llama_vocab_bos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eos), token_or_none(llama_vocab_eos(self->vocab)));

@@ -1,7 +1,7 @@
 // llm: llama.cpp inside the kernel. The tables here are the module's whole Python API; the
 // functions live in llm.cpp.
 //
-//   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=1, vocab_only=False, progress=False)
+//   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
 //   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)

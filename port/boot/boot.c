@@ -21,6 +21,8 @@ extern const Elf32_Ehdr __ehdr_start;
 extern uint8_t _end[], boot_stack[BOOT_STACK_SIZE];
 
 #define LOW_MEMORY_END  0x100000u
+#define REAL_MODE_END   0xa0000u    // VGA memory and ROMs above
+#define BIOS_DATA_END   0x1000u     // the real-mode interrupt table and BIOS data area below
 
 static uint32_t copy_str(char *dst, const char *src, uint32_t max) {
     uint32_t n = 0;
@@ -102,6 +104,11 @@ static void find_memory(const struct multiboot_info *mbi, uint32_t *region_end) 
                 kernel.ram_bytes += (uint32_t)(end - e->addr);
                 if (e->addr <= LOW_MEMORY_END && end > LOW_MEMORY_END) {
                     *region_end = (uint32_t)end;
+                }
+                // A startup IPI starts a CPU at a page below 1 MiB: pick the first free one.
+                uint32_t page = PAGE_ALIGN_UP(max_u32((uint32_t)e->addr, BIOS_DATA_END));
+                if (!kernel.trampoline_page && e->addr < REAL_MODE_END && page + PAGE_SIZE <= end && page + PAGE_SIZE <= REAL_MODE_END) {
+                    kernel.trampoline_page = page;
                 }
             }
             p += e->size + sizeof(e->size);

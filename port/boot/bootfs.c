@@ -1,5 +1,6 @@
 #include "bootfs.h"
 #include "kernel.h"
+#include "kprint.h"
 #include "../drivers/console.h"
 #include <linux/errno.h>
 #include <linux/fcntl.h>
@@ -174,7 +175,9 @@ long bootfs_write(int fd, const void *buf, uint32_t n) {
     if (f->kind != FD_CONSOLE) {
         return -EBADF;  // opened read-only
     }
+    uint32_t lock = kprint_lock();
     console_write_cooked(buf, n);
+    kprint_unlock(lock);
     return n;
 }
 

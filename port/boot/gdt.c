@@ -1,5 +1,7 @@
-// The global descriptor table: flat 4 GiB code and data segments for ring 0, the TSSes, and
-// the TLS slots. Nothing here ever leaves ring 0, but glibc loads %gs with selector
+// The global descriptor tables, one per CPU: flat 4 GiB code and data segments for ring 0, the
+// TSSes, and the TLS slots. Each CPU runs one thread, so its own table's TLS slots are that
+// thread's, as Linux switches them per thread; the GDT's address (sgdt) also tells a CPU which
+// one it is. Nothing here ever leaves ring 0, but glibc loads %gs with selector
 // (slot << 3) | 3, so the TLS descriptors carry DPL 3: a data segment may be loaded when
 // max(CPL, RPL) <= DPL.
 #include "gdt.h"
@@ -26,9 +28,9 @@ struct gdt_ptr {
 #define GDT_ENTRIES (GDT_TLS_FIRST + GDT_TLS_COUNT)
 #define DF_STACK_SIZE 16384
 
-static uint64_t gdt[GDT_ENTRIES];
-static struct tss main_tss, df_tss;
-static uint8_t df_stack[DF_STACK_SIZE] __attribute__((aligned(16)));
+static uint64_t gdts[CPUS_MAX][GDT_ENTRIES];
+static struct tss main_tss[CPUS_MAX], df_tss[CPUS_MAX];
+static uint8_t df_stack[CPUS_MAX][DF_STACK_SIZE] __attribute__((aligned(16)));
 
 // access: P DPL S type; flags: G D/B L AVL (upper nibble of byte 6).
 static uint64_t descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags) {
@@ -45,29 +47,43 @@ extern void gdt_load(struct gdt_ptr *p);
 extern void double_fault_task(void);
 extern uint8_t boot_stack_top[];
 
+int cpu_id(void) {
+    struct gdt_ptr p;
+    __asm__ volatile ("sgdt %0" : "=m" (p));
+    uint32_t cpu = (p.base - (uint32_t)gdts) / sizeof(gdts[0]);
+    return cpu < CPUS_MAX ? (int)cpu : 0;  // the loader's GDT, before gdt_init: the boot CPU
+}
+
 void gdt_init(void) {
+    gdt_init_cpu(0, (uint32_t)boot_stack_top);
+}
+
+void gdt_init_cpu(int cpu, uint32_t stack_top) {
+    uint64_t *gdt = gdts[cpu];
     gdt[0] = 0;
     gdt[SEL_KERNEL_CODE >> 3] = descriptor(0, 0xfffff, 0x9a, 0xc);     // present, ring 0, code, read
     gdt[SEL_KERNEL_DATA >> 3] = descriptor(0, 0xfffff, 0x92, 0xc);     // present, ring 0, data, write
 
     // The main TSS is needed by the CPU for ltr; with no ring change its stack fields stay unused.
-    main_tss.ss0 = SEL_KERNEL_DATA;
-    main_tss.esp0 = (uint32_t)boot_stack_top;
-    main_tss.iomap_base = sizeof(struct tss);
-    gdt[SEL_TSS >> 3] = descriptor((uint32_t)&main_tss, sizeof(struct tss) - 1, 0x89, 0);
+    struct tss *tss = &main_tss[cpu];
+    tss->ss0 = SEL_KERNEL_DATA;
+    tss->esp0 = stack_top;
+    tss->iomap_base = sizeof(struct tss);
+    gdt[SEL_TSS >> 3] = descriptor((uint32_t)tss, sizeof(struct tss) - 1, 0x89, 0);
 
     // The double-fault task: a hardware task switch gives it a fresh stack even when the
     // faulting one is exhausted or corrupt.
-    df_tss.eip = (uint32_t)double_fault_task;
-    df_tss.esp = (uint32_t)(df_stack + DF_STACK_SIZE);
-    df_tss.cs = SEL_KERNEL_CODE;
-    df_tss.ds = df_tss.es = df_tss.ss = df_tss.fs = df_tss.gs = SEL_KERNEL_DATA;
-    df_tss.eflags = 0x2;
-    df_tss.iomap_base = sizeof(struct tss);
-    gdt[SEL_DF_TSS >> 3] = descriptor((uint32_t)&df_tss, sizeof(struct tss) - 1, 0x89, 0);
+    struct tss *df = &df_tss[cpu];
+    df->eip = (uint32_t)double_fault_task;
+    df->esp = (uint32_t)(df_stack[cpu] + DF_STACK_SIZE);
+    df->cs = SEL_KERNEL_CODE;
+    df->ds = df->es = df->ss = df->fs = df->gs = SEL_KERNEL_DATA;
+    df->eflags = 0x2;
+    df->iomap_base = sizeof(struct tss);
+    gdt[SEL_DF_TSS >> 3] = descriptor((uint32_t)df, sizeof(struct tss) - 1, 0x89, 0);
 
-    static struct gdt_ptr ptr;
-    ptr.limit = sizeof(gdt) - 1;
+    struct gdt_ptr ptr;
+    ptr.limit = sizeof(gdts[0]) - 1;
     ptr.base = (uint32_t)gdt;
     gdt_load(&ptr);
     __asm__ volatile ("ltr %w0" :: "r" (SEL_TSS));
@@ -75,6 +91,7 @@ void gdt_init(void) {
 
 // Same encoding as Linux's fill_ldt(): S=1, DPL=3, type from contents/read_exec_only.
 int gdt_set_tls(struct user_desc *u) {
+    uint64_t *gdt = gdts[cpu_id()];
     uint32_t slot = u->entry_number;
     if (slot == 0xffffffffu) {
         for (slot = GDT_TLS_FIRST; slot < GDT_TLS_FIRST + GDT_TLS_COUNT; slot++) {

@@ -1,5 +1,4 @@
 #pragma once
-#include <stdint.h>
 
 // Selectors. Slots 6..8 are the thread-local-storage slots glibc asks for with
 // set_thread_area, numbered as on Linux.
@@ -10,7 +9,11 @@
 #define GDT_TLS_FIRST       6
 #define GDT_TLS_COUNT       3
 
-void gdt_init(void);
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+
+void gdt_init(void);                                // the boot CPU's
+void gdt_init_cpu(int cpu, uint32_t stack_top);     // and loads it on the calling CPU
 
 // Linux's struct user_desc: what set_thread_area() passes in.
 struct user_desc {
@@ -25,5 +28,6 @@ struct user_desc {
     uint32_t useable:1;
 };
 
-// Install a TLS descriptor; picks a free slot when entry_number is -1. Returns 0 or -errno.
+// Install a TLS descriptor in the calling CPU's table; picks a free slot when entry_number is -1. Returns 0 or -errno.
 int gdt_set_tls(struct user_desc *u);
+#endif

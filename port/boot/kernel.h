@@ -11,6 +11,7 @@
 #define CMDLINE_MAX         1024
 #define MODULES_MAX         16
 #define MODULE_NAME_MAX     128
+#define CPUS_MAX            16
 
 struct boot_module {
     char name[MODULE_NAME_MAX];         // basename of the loader's module string
@@ -26,6 +27,7 @@ struct kernel_info {
     struct boot_module modules[MODULES_MAX];
     uint32_t cpuid_edx, cpuid_ecx;      // leaf 1 feature bits
     int avx;                            // AVX state enabled in XCR0
+    uint32_t trampoline_page;           // a free page below 1 MiB the other CPUs start from (0: none)
 };
 
 extern struct kernel_info kernel;
@@ -54,7 +56,15 @@ static inline uint32_t irq_save(void) {
 static inline void irq_restore(uint32_t flags) {
     __asm__ volatile ("pushl %0; popfl" :: "r" (flags) : "memory", "cc");
 }
-// Sleep until the next interrupt. "sti; hlt" cannot lose a wakeup: sti takes effect after hlt starts.
+// This CPU's number: 0 is the one that booted, the others count up in start-up order.
+int cpu_id(void);
+
+// Sleep until the next interrupt. "sti; hlt" cannot lose a wakeup: sti takes effect after hlt
+// starts. Only CPU 0 gets timer and device interrupts: the others just pause a moment.
 static inline void cpu_idle(void) {
+    if (cpu_id() != 0) {
+        __asm__ volatile ("sti; pause" ::: "memory");
+        return;
+    }
     __asm__ volatile ("sti; hlt" ::: "memory");
 }

@@ -1,6 +1,8 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include "kprint.h"
+#include "kernel.h"
+#include "spinlock.h"
 #include "../drivers/serial.h"
 #include "../drivers/vga.h"
 
@@ -27,7 +29,32 @@ static void put_uint(uint32_t v, unsigned base, int width, char pad) {
     }
 }
 
+// One CPU at a time on the console. The same CPU may take it again: a fault in the middle
+// of a message still gets its panic dump out.
+static struct spinlock console_lock;
+static volatile int console_owner = -1;
+
+uint32_t kprint_lock(void) {
+    uint32_t flags = irq_save();
+    int me = cpu_id();
+    if (console_owner == me) {
+        return flags | KPRINT_NESTED;
+    }
+    spin_acquire(&console_lock);
+    console_owner = me;
+    return flags;
+}
+
+void kprint_unlock(uint32_t flags) {
+    if (!(flags & KPRINT_NESTED)) {
+        console_owner = -1;
+        spin_release(&console_lock);
+    }
+    irq_restore(flags & ~KPRINT_NESTED);
+}
+
 void kprintf(const char *fmt, ...) {
+    uint32_t lock = kprint_lock();
     va_list ap;
     va_start(ap, fmt);
     for (; *fmt; fmt++) {
@@ -86,4 +113,5 @@ void kprintf(const char *fmt, ...) {
         }
     }
     va_end(ap);
+    kprint_unlock(lock);
 }

@@ -4,6 +4,7 @@
 // RAM fresh from a virtual machine is zero, but memory given back by munmap is not.
 #include "mem.h"
 #include "kernel.h"
+#include "spinlock.h"
 
 #define RANGES_MAX  512
 #define PAGES_4G    (1u << 20)
@@ -17,6 +18,7 @@ static int nfree;
 static uint32_t region_start, region_end;
 static uint32_t brk_base, brk_cur;
 static uint32_t dirty[PAGES_4G / 32];           // one bit per page that may hold old data
+static struct spinlock mem_lock;                // every CPU's threads mmap and munmap
 
 static void zero_pages(uint32_t addr, uint32_t len) {
     for (uint32_t page = addr / PAGE_SIZE; page < (addr + len) / PAGE_SIZE; page++) {
@@ -63,7 +65,7 @@ static void take(int i, uint32_t addr, uint32_t len) {
     zero_pages(addr, len);
 }
 
-uint32_t mem_alloc(uint32_t len) {
+static uint32_t alloc_locked(uint32_t len) {
     len = PAGE_ALIGN_UP(len);
     if (len == 0) {
         return 0;
@@ -78,7 +80,7 @@ uint32_t mem_alloc(uint32_t len) {
     return 0;
 }
 
-int mem_free(uint32_t addr, uint32_t len) {
+static int free_locked(uint32_t addr, uint32_t len) {
     len = PAGE_ALIGN_UP(len);
     if ((addr & (PAGE_SIZE - 1)) || len == 0 || addr < region_start || addr + len > region_end || addr + len < addr) {
         return -22;
@@ -114,7 +116,7 @@ int mem_free(uint32_t addr, uint32_t len) {
     return 0;
 }
 
-uint32_t mem_brk(uint32_t want) {
+static uint32_t brk_locked(uint32_t want) {
     if (want < brk_base) {
         return brk_cur;
     }
@@ -130,13 +132,35 @@ uint32_t mem_brk(uint32_t want) {
         }
         take(i, cur_end, want_end - cur_end);
     } else if (want_end < cur_end) {
-        mem_free(want_end, cur_end - want_end);
+        free_locked(want_end, cur_end - want_end);
     }
     brk_cur = want;
     return brk_cur;
 }
 
+uint32_t mem_alloc(uint32_t len) {
+    uint32_t flags = spin_lock(&mem_lock);
+    uint32_t addr = alloc_locked(len);
+    spin_unlock(&mem_lock, flags);
+    return addr;
+}
+
+int mem_free(uint32_t addr, uint32_t len) {
+    uint32_t flags = spin_lock(&mem_lock);
+    int err = free_locked(addr, len);
+    spin_unlock(&mem_lock, flags);
+    return err;
+}
+
+uint32_t mem_brk(uint32_t want) {
+    uint32_t flags = spin_lock(&mem_lock);
+    uint32_t cur = brk_locked(want);
+    spin_unlock(&mem_lock, flags);
+    return cur;
+}
+
 void mem_get_stats(struct mem_stats *s) {
+    uint32_t flags = spin_lock(&mem_lock);
     s->total = region_end - region_start;
     s->free = 0;
     s->largest_free = 0;
@@ -148,4 +172,5 @@ void mem_get_stats(struct mem_stats *s) {
         }
     }
     s->brk = brk_cur - brk_base;
+    spin_unlock(&mem_lock, flags);
 }

@@ -4,8 +4,10 @@
 #include "trap.h"
 #include "kernel.h"
 #include "kprint.h"
+#include "smp.h"
 
-volatile int current_syscall = -1;
+volatile int current_syscall[CPUS_MAX] = { [0 ... CPUS_MAX - 1] = -1 };
+static volatile int panicking = -1;     // the CPU printing its dump
 
 // Generated from the linked kernel by the build (ksyms.S); absent in the first link pass.
 extern const uint32_t ksyms_count __attribute__((weak));
@@ -70,15 +72,32 @@ static void backtrace(uint32_t ebp) {
 }
 
 static void print_syscall(void) {
-    int nr = current_syscall;
+    int nr = current_syscall[cpu_id()];
     if (nr >= 0) {
         const char *name = syscall_name(nr);
         kprintf("in syscall: %d (%s)\n", nr, name ? name : "?");
     }
 }
 
-void panic_trap(struct trapframe *tf) {
+// One dump at a time: a CPU that faults while another prints stops where it is (the first
+// dump ends the machine).
+static void panic_enter(void) {
     __asm__ volatile ("cli");
+    int me = cpu_id(), idle = -1;
+    if (!__atomic_compare_exchange_n(&panicking, &idle, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED) && idle != me) {
+        for (;;) {
+            __asm__ volatile ("hlt");
+        }
+    }
+}
+
+static void print_cpu(void) {
+    int me = cpu_id();
+    kprintf("cpu %d (APIC id %u), thread %u\n", me, cpus[me].apic_id, cpus[me].tid);
+}
+
+void panic_trap(struct trapframe *tf) {
+    panic_enter();
     uint32_t v = tf->vector;
     uint32_t cr0, cr2, cr3, cr4;
     __asm__ volatile ("mov %%cr0, %0; mov %%cr2, %1; mov %%cr3, %2; mov %%cr4, %3"
@@ -89,6 +108,7 @@ void panic_trap(struct trapframe *tf) {
     kprintf("eax=%08x ebx=%08x ecx=%08x edx=%08x\n", tf->eax, tf->ebx, tf->ecx, tf->edx);
     kprintf("esi=%08x edi=%08x ebp=%08x\n", tf->esi, tf->edi, tf->ebp);
     kprintf("cr0=%08x cr2=%08x cr3=%08x cr4=%08x\n", cr0, cr2, cr3, cr4);
+    print_cpu();
     print_syscall();
     print_location(tf->eip);
     backtrace(tf->ebp);
@@ -97,8 +117,9 @@ void panic_trap(struct trapframe *tf) {
 }
 
 void panic(const char *why) {
-    __asm__ volatile ("cli");
+    panic_enter();
     kprintf("\n*** cllm panic: %s\n", why);
+    print_cpu();
     print_syscall();
     backtrace((uint32_t)__builtin_frame_address(0));
     kprintf("*** end of panic\n");

@@ -8,6 +8,7 @@
 #include "gdt.h"
 #include "mem.h"
 #include "bootfs.h"
+#include "smp.h"
 #include "../drivers/clock.h"
 #include <linux/errno.h>
 #include <linux/fcntl.h>
@@ -25,6 +26,14 @@ static long sys_exit_group(ARGS) {
     UNUSED_ARGS;
     kprintf("cllm: exit(%d)\n", (int)a1);
     kernel_exit((int)a1);
+}
+
+// exit() ends the calling thread; in the main thread, on CPU 0, that is the whole program.
+static long sys_exit(ARGS) {
+    if (cpu_id() == 0) {
+        return sys_exit_group(a1, a2, a3, a4, a5, a6);
+    }
+    thread_exit();
 }
 
 static long sys_read(ARGS) { UNUSED_ARGS; return bootfs_read((int)a1, (void *)a2, a3); }
@@ -185,25 +194,76 @@ static long sys_zero(ARGS) { UNUSED_ARGS; return 0; }           // succeeds, not
 static long sys_nosys_quiet(ARGS) { UNUSED_ARGS; return -ENOSYS; } // known, deliberately absent
 static long sys_enoent(ARGS) { UNUSED_ARGS; return -ENOENT; }
 static long sys_erofs(ARGS) { UNUSED_ARGS; return -EROFS; }
-static long sys_one(ARGS) { UNUSED_ARGS; return 1; }            // pid, tid: there is one of each
-static long sys_eagain(ARGS) { UNUSED_ARGS; return -EAGAIN; }   // no second thread: pthread_create fails cleanly
+static long sys_one(ARGS) { UNUSED_ARGS; return 1; }            // pid: there is one process
+static long sys_gettid(ARGS) { UNUSED_ARGS; return cpus[cpu_id()].tid; }
+
+static struct trapframe *syscall_frame[CPUS_MAX];   // each CPU's system call in progress
+
+// clone(flags, stack, parent_tid, tls, child_tid): i386's argument order
+static long sys_clone(ARGS) {
+    UNUSED_ARGS;
+    return thread_clone(syscall_frame[cpu_id()], a1, a2, (uint32_t *)a3, (const struct user_desc *)a4, (uint32_t *)a5);
+}
+
+// clone3(struct clone_args *, size): 64-bit fields; the stack is given as its lowest address and size.
+static long sys_clone3(ARGS) {
+    UNUSED_ARGS;
+    const uint64_t *args = (const uint64_t *)a1;
+    if (a2 < 64) {
+        return -EINVAL;
+    }
+    uint64_t flags = args[0], child_tid = args[2], parent_tid = args[3], stack = args[5], stack_size = args[6], tls = args[7];
+    if (flags >> 32) {
+        return -EINVAL;
+    }
+    return thread_clone(syscall_frame[cpu_id()], (u32)flags, (u32)(stack + stack_size), (uint32_t *)(u32)parent_tid,
+        (const struct user_desc *)(u32)tls, (uint32_t *)(u32)child_tid);
+}
 
 static long sys_set_thread_area(ARGS) { UNUSED_ARGS; return gdt_set_tls((struct user_desc *)a1); }
 
-static long sys_futex(ARGS) {
-    UNUSED_ARGS;
-    int op = (int)a2 & 0x7f;   // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
-    switch (op) {
+#define FUTEX_CLOCK_REALTIME 256
+
+// futex(addr, op, val, timeout, addr2, val3) with the timeout already in nanoseconds (or -1):
+// relative for FUTEX_WAIT, absolute for FUTEX_WAIT_BITSET. Every waiter is woken whatever
+// the bitset: a spurious wake-up is allowed, a lost one is not.
+static long futex(u32 addr, u32 op, u32 val, int64_t timeout_ns) {
+    int cmd = (int)op & 0x7f;   // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+    switch (cmd) {
         case 0:  // FUTEX_WAIT
         case 9:  // FUTEX_WAIT_BITSET
-            // One thread: nobody could ever wake us, so the value cannot be about to change.
-            return -EAGAIN;
+            uint64_t deadline = 0;
+            if (timeout_ns >= 0) {
+                uint64_t now = clock_ns();
+                if (cmd == 0) {
+                    deadline = now + (uint64_t)timeout_ns;
+                } else if (op & FUTEX_CLOCK_REALTIME) {
+                    uint64_t epoch_now = clock_epoch_ns();
+                    deadline = (uint64_t)timeout_ns > epoch_now ? now + ((uint64_t)timeout_ns - epoch_now) : now;
+                } else {
+                    deadline = (uint64_t)timeout_ns;
+                }
+                deadline += deadline == 0;      // 0 means "none" to futex_wait
+            }
+            return futex_wait((volatile uint32_t *)addr, val, deadline);
         case 1:  // FUTEX_WAKE
         case 10: // FUTEX_WAKE_BITSET
-            return 0;
+            return futex_wake((volatile uint32_t *)addr, (int)val);
         default:
             return -ENOSYS;
     }
+}
+
+static long sys_futex(ARGS) {
+    UNUSED_ARGS;
+    const int32_t *ts = (const int32_t *)a4;    // struct old_timespec32
+    return futex(a1, a2, a3, ts ? (int64_t)ts[0] * 1000000000 + ts[1] : -1);
+}
+
+static long sys_futex_time64(ARGS) {
+    UNUSED_ARGS;
+    const int64_t *ts = (const int64_t *)a4;    // struct __kernel_timespec
+    return futex(a1, a2, a3, ts ? ts[0] * 1000000000 + ts[1] : -1);
 }
 
 static long sys_getrlimit(ARGS) {
@@ -373,7 +433,9 @@ static long sys_sched_getaffinity(ARGS) {
     for (u32 i = 0; i < a2; i++) {
         mask[i] = 0;
     }
-    mask[0] = 1;        // CPU 0 only
+    for (int cpu = 0; cpu < cpu_count; cpu++) {
+        mask[cpu / 8] |= 1u << (cpu % 8);   // every thread may run on any CPU
+    }
     return 4;
 }
 
@@ -385,7 +447,7 @@ static long sys_tgkill(ARGS) {
 
 // number, name, handler. Names appear in the unknown-call log and in panic dumps.
 #define SYSCALLS(X) \
-    X(1, exit, sys_exit_group) \
+    X(1, exit, sys_exit) \
     X(3, read, sys_read) \
     X(4, write, sys_write) \
     X(5, open, sys_open) \
@@ -406,7 +468,7 @@ static long sys_tgkill(ARGS) {
     X(91, munmap, sys_munmap) \
     X(116, sysinfo, sys_sysinfo) \
     X(118, fsync, sys_zero) \
-    X(120, clone, sys_eagain) \
+    X(120, clone, sys_clone) \
     X(122, uname, sys_uname) \
     X(125, mprotect, sys_zero) \
     X(140, _llseek, sys_llseek) \
@@ -431,14 +493,15 @@ static long sys_tgkill(ARGS) {
     X(219, madvise, sys_zero) \
     X(220, getdents64, sys_getdents64) \
     X(221, fcntl64, sys_fcntl64) \
-    X(224, gettid, sys_one) \
+    X(158, sched_yield, sys_zero) \
+    X(224, gettid, sys_gettid) \
     X(238, tkill, sys_tgkill) \
     X(240, futex, sys_futex) \
     X(242, sched_getaffinity, sys_sched_getaffinity) \
     X(243, set_thread_area, sys_set_thread_area) \
     X(250, fadvise64, sys_zero) \
     X(252, exit_group, sys_exit_group) \
-    X(258, set_tid_address, sys_one) \
+    X(258, set_tid_address, sys_gettid) \
     X(265, clock_gettime, sys_clock_gettime32) \
     X(266, clock_getres, sys_clock_getres) \
     X(267, clock_nanosleep, sys_clock_nanosleep32) \
@@ -460,7 +523,8 @@ static long sys_tgkill(ARGS) {
     X(406, clock_getres_time64, sys_clock_getres64) \
     X(407, clock_nanosleep_time64, sys_clock_nanosleep64) \
     X(414, ppoll_time64, sys_ppoll_time64) \
-    X(435, clone3, sys_nosys_quiet) \
+    X(422, futex_time64, sys_futex_time64) \
+    X(435, clone3, sys_clone3) \
     X(439, faccessat2, sys_faccessat)
 
 #define NR_MAX 512
@@ -487,9 +551,13 @@ void syscall_dispatch(struct trapframe *tf) {
         tf->eax = (uint32_t)-ENOSYS;
         return;
     }
-    int outer = current_syscall;
-    current_syscall = (int)nr;
-    syscall_counts[nr]++;
+    int cpu = cpu_id();
+    int outer = current_syscall[cpu];
+    struct trapframe *outer_frame = syscall_frame[cpu];
+    current_syscall[cpu] = (int)nr;
+    syscall_frame[cpu] = tf;
+    __atomic_fetch_add(&syscall_counts[nr], 1, __ATOMIC_RELAXED);
     tf->eax = (uint32_t)handlers[nr](tf->ebx, tf->ecx, tf->edx, tf->esi, tf->edi, tf->ebp);
-    current_syscall = outer;
+    current_syscall[cpu] = outer;
+    syscall_frame[cpu] = outer_frame;
 }

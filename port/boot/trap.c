@@ -2,6 +2,7 @@
 #include "trap.h"
 #include "gdt.h"
 #include "kernel.h"
+#include "lapic.h"
 #include "../drivers/pic.h"
 
 struct idt_entry {
@@ -23,7 +24,7 @@ static struct idt_entry idt[256];
 static void (*irq_handlers[IRQ_COUNT])(void);
 
 extern const uint32_t trap_vectors[IRQ_BASE + IRQ_COUNT];
-extern void trap128(void);
+extern void trap128(void), trap240(void), trap255(void);
 
 static void set_gate(int vec, uint32_t offset, uint16_t selector, uint8_t type) {
     idt[vec].offset_lo = offset & 0xffff;
@@ -41,7 +42,14 @@ void idt_init(void) {
     // A trap gate: system calls run with interrupts as the caller had them, so a blocking
     // read on the console can wait for the serial interrupt.
     set_gate(SYSCALL_VECTOR, (uint32_t)trap128, SEL_KERNEL_CODE, GATE_TRAP);
-    static struct idt_ptr ptr;
+    set_gate(VECTOR_IPI, (uint32_t)trap240, SEL_KERNEL_CODE, GATE_INTERRUPT);
+    set_gate(VECTOR_SPURIOUS, (uint32_t)trap255, SEL_KERNEL_CODE, GATE_INTERRUPT);
+    idt_load();
+}
+
+// Every CPU shares the one table.
+void idt_load(void) {
+    struct idt_ptr ptr;
     ptr.limit = sizeof(idt) - 1;
     ptr.base = (uint32_t)idt;
     __asm__ volatile ("lidt %0" :: "m" (ptr));
@@ -55,6 +63,10 @@ void irq_register(int irq, void (*handler)(void)) {
 void trap_dispatch(struct trapframe *tf) {
     if (tf->vector == SYSCALL_VECTOR) {
         syscall_dispatch(tf);
+    } else if (tf->vector == VECTOR_IPI) {
+        lapic_eoi();        // its only job was to end a hlt: the woken code looks for the reason
+    } else if (tf->vector == VECTOR_SPURIOUS) {
+        return;             // no EOI for a spurious interrupt
     } else if (tf->vector >= IRQ_BASE && tf->vector < IRQ_BASE + IRQ_COUNT) {
         int irq = tf->vector - IRQ_BASE;
         if (pic_is_spurious(irq)) {

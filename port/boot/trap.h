@@ -19,6 +19,7 @@ static inline uint32_t trapframe_esp(const struct trapframe *tf) {
 #define SYSCALL_VECTOR  0x80
 
 void idt_init(void);
+void idt_load(void);        // on a CPU started after idt_init
 void irq_register(int irq, void (*handler)(void));
 void syscall_dispatch(struct trapframe *tf);
 const char *syscall_name(int nr);   // NULL for numbers the shim does not know

@@ -69,6 +69,9 @@ TRAP_NOERR 46
 TRAP_NOERR 47
 // The Linux i386 system call gate: int $0x80.
 TRAP_NOERR 128
+// Local APIC: the inter-processor interrupt and the spurious-interrupt vector.
+TRAP_NOERR 240
+TRAP_NOERR 255
 
 trap_common:
     pushal
