@@ -118,6 +118,7 @@ def test_status_panel_while_serving(tmp_path):
     with g:
         g.expect(b"serving on port 80", timeout=120)
         g.expect(rb"net: address 10\.0\.2\.15 \(dhcp\); http://10\.0\.2\.15:80/", timeout=30)
+        g.wait_prompt()                                      # the REPL starts after that last boot step
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         c.request("POST", "/completion", json.dumps({"prompt": "Hello", "n_predict": 8, "temperature": 0,
                                                      "ignore_eos": True}))

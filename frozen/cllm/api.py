@@ -19,43 +19,29 @@ SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.
             ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),
             ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
 
-class RequestTimeout(Exception):
-    pass
-
-
 class TooManyHeaders(Exception):
     pass
 
 
-class Deadline:
-    """A client's input stream as Request.create reads it: every read must finish before the
-    request's deadline, and only so many lines (request line and headers) may come."""
+class LineLimit:
+    """A client's input stream as Request.create reads it: only so many lines (request line and
+    headers) may come."""
 
-    def __init__(self, stream, seconds, max_lines):
+    def __init__(self, stream, max_lines):
         self.stream = stream
-        self.end = time.ticks_add(time.ticks_ms(), int(seconds * 1000))
         self.lines_left = max_lines
 
-    async def _within(self, read):
-        ms = time.ticks_diff(self.end, time.ticks_ms())
-        if ms <= 0:
-            raise RequestTimeout()
-        try:
-            return await asyncio.wait_for_ms(read, ms)
-        except asyncio.TimeoutError:
-            raise RequestTimeout()
-
-    async def readline(self):
+    def readline(self):
         self.lines_left -= 1
         if self.lines_left < 0:
             raise TooManyHeaders()
-        return await self._within(self.stream.readline())
+        return self.stream.readline()
 
-    async def readexactly(self, n):
-        return await self._within(self.stream.readexactly(n))
+    def readexactly(self, n):
+        return self.stream.readexactly(n)
 
-    async def read(self, n=-1):
-        return await self._within(self.stream.read(n))
+    def read(self, n=-1):
+        return self.stream.read(n)
 
 
 class Server(Microdot):
@@ -63,12 +49,23 @@ class Server(Microdot):
     request within `timeout` seconds and at most `max_headers` header lines, else 408 or 431 in
     llama-server's error shape and the connection closed, instead of a slot held forever."""
 
+    BACKLOG = 32
+
+    async def serve(self, port):
+        """microdot's start_server, with a listen backlog for bursts of connections: microdot takes
+        asyncio's default of 5, and lwIP refuses (resets) the connections beyond it."""
+        self.server = await asyncio.start_server(self.handle_request, "0.0.0.0", port, self.BACKLOG)
+        await self.server.wait_closed()
+
     async def handle_request(self, reader, writer):
-        limited = Deadline(reader, settings.timeout, settings.max_headers + 2)   # + request line, blank line
+        limited = LineLimit(reader, settings.max_headers + 2)      # + request line, blank line
         req = error = None
         try:
-            req = await Request.create(self, limited, writer, writer.get_extra_info("peername"))
-        except RequestTimeout:
+            # One deadline for the whole request: asyncio's wait_for costs an exception and two
+            # tasks even when in time, too much for each line.
+            req = await asyncio.wait_for_ms(Request.create(self, limited, writer, writer.get_extra_info("peername")),
+                                            int(settings.timeout * 1000))
+        except asyncio.TimeoutError:
             error = ApiError(408, "Request timed out", "invalid_request_error")
         except TooManyHeaders:
             error = ApiError(431, "More than {} header lines".format(settings.max_headers), "invalid_request_error")

@@ -32,21 +32,27 @@ def load_model():
         settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
 
 
-async def announce_address():
-    """The boot log's last step: the address clients reach (DHCP's lease comes a second or so
-    after the NIC is up)."""
-    while not dashboard.address():
-        await asyncio.sleep_ms(50)
+async def console(namespace, wait_ms=10000):
+    """The boot log's last step, then the REPL: the address clients reach, once DHCP's lease has
+    come (a second or so after the NIC is up; at most wait_ms), so that the log line does not
+    land in the middle of what an operator types."""
     import network
-    log("net: address {} ({}); http://{}:{}/".format(dashboard.address(), network.LAN().config("address_source"),
-                                                    dashboard.address(), settings.port))
+    t0 = time.ticks_ms()
+    while not dashboard.address() and time.ticks_diff(time.ticks_ms(), t0) < wait_ms:
+        await asyncio.sleep_ms(50)
+    ip = dashboard.address()
+    if ip:
+        log("net: address {} ({}); http://{}:{}/".format(ip, network.LAN().config("address_source"), ip, settings.port))
+    else:
+        log("net: no address after {} ms (no DHCP answer?); network.LAN().ifconfig(...) sets one".format(wait_ms))
+    await repl.run(namespace)
 
 
 async def main(namespace):
     global engine
     engine = Engine(settings)
     api.setup(engine, settings)
-    asyncio.create_task(app.start_server(port=settings.port))
+    asyncio.create_task(app.serve(settings.port))
     await asyncio.sleep_ms(0)           # listening, and answering 503 until the model is there
     try:
         load_model()
@@ -56,8 +62,7 @@ async def main(namespace):
         await asyncio.sleep_ms(0)
         return
     namespace.update({"engine": engine, "app": app})
-    asyncio.create_task(repl.run(namespace))
-    asyncio.create_task(announce_address())
+    asyncio.create_task(console(namespace))
     if settings.dashboard:
         asyncio.create_task(dashboard.Dashboard(engine, settings).run())
     await engine.run()
