@@ -48,8 +48,8 @@ CLLM_APPEND = f"n_ctx={N_CTX} parallel={SLOTS}"
 PEER_APPEND = f"console=ttyS0 quiet -- -c {N_CTX} -np {SLOTS} -t {THREADS} -tb {THREADS}"
 PARAGRAPH = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small lamp "
              "and a notebook in which he recorded the weather, the passing ships and the color of the sea. ")
-# 5 paragraphs: 200 tokens. cllm has no ignore_eos: the prompt ends mid-sentence, and greedy SmolLM2
-# goes on retelling the paragraph instead of ending the text.
+# 5 paragraphs: 200 tokens. The prompt ends mid-sentence, so that greedy SmolLM2 goes on retelling the
+# paragraph (both servers also get ignore_eos).
 PROMPT = PARAGRAPH * int(os.environ.get("BENCH_PARAGRAPHS", 5)) + "One evening, "
 
 # (key, label, unit, higher is better)
