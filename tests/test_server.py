@@ -377,6 +377,11 @@ def test_v1_chat_completions_and_stream(srv):
     assert ev[-3]["choices"][0]["delta"] == {}
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in ev[1:-3]) == msg["content"]
     assert all(e["object"] == "chat.completion.chunk" for e in ev[:-1])
+    # timings_per_token: every chunk with the timings so far (only the last one without it)
+    ev = events(srv, "/v1/chat/completions", {"messages": messages, "max_tokens": 12, "temperature": 0, "stream": True,
+                                              "timings_per_token": True})
+    assert all(e["timings"]["prompt_n"] == n_prompt for e in ev[:-1])
+    assert [e["timings"]["predicted_n"] for e in ev[1:-1]] == sorted(e["timings"]["predicted_n"] for e in ev[1:-1])
 
 
 def test_openai_client(srv):

@@ -384,7 +384,7 @@ async def finished(task):
 def params_json():
     p = {name: default for name, kind, default in SAMPLING}
     p.update({"n_predict": settings.n_predict, "max_tokens": settings.n_predict, "stop": [], "stream": False,
-              "grammar": "", "n_probs": 0, "ignore_eos": False, "cache_prompt": bool(settings.cache_prompt)})
+              "grammar": "", "n_probs": 0, "ignore_eos": False, "timings_per_token": False, "cache_prompt": bool(settings.cache_prompt)})
     return p
 
 
@@ -392,10 +392,12 @@ def params_json():
 
 class EventStream:
     """A response body of Server-Sent Events for one or more tasks (the `n` choices of one request):
-    chunks(text, i) for each piece of text of task i as it comes, then last() once all have finished."""
+    chunks(text, i) for each piece of text of task i as it comes, then last() once all have finished.
+    With timings (llama-server's timings_per_token) every chunk carries its task's timings so far."""
 
-    def __init__(self, tasks, chunks, last):
+    def __init__(self, tasks, chunks, last, timings=False):
         self.tasks = tasks
+        self.timings = timings
         for t in tasks[1:]:             # one event for all: whichever task has news wakes the stream
             t.changed = tasks[0].changed
         self.chunks = chunks
@@ -415,7 +417,11 @@ class EventStream:
             for i, t in enumerate(self.tasks):
                 text = t.ready_text()
                 if text:
-                    self.out += self.chunks(text, i)
+                    events = self.chunks(text, i)
+                    if self.timings:
+                        for e in events:
+                            e["timings"] = t.timings()
+                    self.out += events
             if not self.out:
                 if all(t.done for t in self.tasks):
                     self.ended = True
@@ -436,9 +442,9 @@ class EventStream:
 class StreamResponse(Response):
     """Cancels the generation however the stream ends: finished, client gone, or write error."""
 
-    def __init__(self, tasks, chunks, last):
-        Response.__init__(self, EventStream(tasks, chunks, last), 200, {"Content-Type": "text/event-stream",
-                                                                        "Cache-Control": "no-cache"})
+    def __init__(self, body, tasks, chunks, last):
+        events = EventStream(tasks, chunks, last, field(body, "timings_per_token", bool, False))
+        Response.__init__(self, events, 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
     async def write(self, stream):
         try:
@@ -574,7 +580,7 @@ async def completion(req):
             if probs:
                 out["completion_probabilities"] = probs_json(probs)
             return [out]
-        return StreamResponse([task], chunk, lambda: [native_final(task, "", True)])
+        return StreamResponse(body, [task], chunk, lambda: [native_final(task, "", True)])
     return native_final(task, await finished(task))
 
 
@@ -660,7 +666,7 @@ async def oai_completions(req):
                    for i, t in enumerate(tasks)]
             out[-1].update(usage=usage(*tasks), timings=task.timings())
             return out + [b"[DONE]"]
-        return StreamResponse(tasks, lambda text, i: [oai_object(cid, "text_completion", choices=choice(
+        return StreamResponse(body, tasks, lambda text, i: [oai_object(cid, "text_completion", choices=choice(
             text, i, None, oai_logprobs(tasks[i].new_probs())))], last)
     texts = await all_finished(tasks)
     choices = [{"text": text, "index": i, "logprobs": oai_logprobs(t.probs), "finish_reason": finish_reason(t)}
@@ -725,7 +731,7 @@ async def oai_chat(req):
                 out.append(oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(*tasks)))
             out[-1]["timings"] = task.timings()
             return out + [b"[DONE]"]
-        return StreamResponse(tasks, chunks, last)
+        return StreamResponse(body, tasks, chunks, last)
     texts = await all_finished(tasks)
     choices = []
     for i, (t, text) in enumerate(zip(tasks, texts)):
