@@ -11,6 +11,7 @@ import threading
 import time
 
 import openai
+import pexpect
 import pytest
 
 from qemu import Guest, free_port
@@ -51,11 +52,36 @@ def request(g, method, path, body=None, headers=None, raw=None, timeout=60):
     hdrs = {"Content-Type": "application/json"}
     hdrs.update(headers or {})
     c.request(method, path, body=data, headers=hdrs)
-    r = c.getresponse()
-    text = r.read().decode()
+    try:
+        r = c.getresponse()
+        text = r.read().decode()
+    except TimeoutError as e:       # an intermittent stall is being hunted: say what the guest was doing
+        raise TimeoutError(f"no answer to {method} {path} within {timeout} s; {stall_report(g)}") from e
     c.close()
     kind = r.getheader("Content-Type", "")
     return r.status, json.loads(text) if kind.startswith("application/json") else text
+
+
+def stall_report(g):
+    """The guest's console since the last read, whether a new connection is answered, and the
+    server's own view (through its REPL)."""
+    try:
+        g.child.expect([pexpect.TIMEOUT], timeout=1)
+        console = g.child.before.decode(errors="replace")[-3000:]
+    except Exception as e:          # noqa: BLE001 — a report, best effort
+        console = f"(console unreadable: {e!r})"
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=10)
+        c.request("GET", "/health")
+        health = c.getresponse().status
+    except Exception as e:          # noqa: BLE001
+        health = repr(e)
+    try:
+        view = g.line("print(server.stats(), [(s.id, s.task) for s in engine.slots], len(engine.waiting))",
+                      timeout=20).decode(errors="replace")
+    except Exception as e:          # noqa: BLE001
+        view = repr(e)
+    return f"a new /health: {health}; server: {view!r}; console: {console!r}"
 
 
 def status_only(g, method, path, data, headers):
