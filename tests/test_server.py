@@ -77,11 +77,20 @@ def stall_report(g):
     except Exception as e:          # noqa: BLE001
         health = repr(e)
     try:
-        view = g.line("print(server.stats(), [(s.id, s.task) for s in engine.slots], len(engine.waiting))",
-                      timeout=20).decode(errors="replace")
+        host = subprocess.run(["ss", "-tanoi", f"( sport = :{g.port} or dport = :{g.port} )"],
+                              capture_output=True, text=True, timeout=10).stdout
     except Exception as e:          # noqa: BLE001
-        view = repr(e)
-    return f"a new /health: {health}; server: {view!r}; console: {console!r}"
+        host = repr(e)
+    view = []
+    for line in ("print(server.stats(), [(s.id, s.task) for s in engine.slots], len(engine.waiting))",
+                 "import network; print(network.LAN().tcp())",
+                 "import asyncio; print([(repr(v[2].s if hasattr(v[2], 's') else v[2]), v[0], v[1]) "
+                 "for v in asyncio.core._io_queue.map.values()])"):
+        try:
+            view.append(g.line(line, timeout=20).decode(errors="replace"))
+        except Exception as e:      # noqa: BLE001
+            view.append(repr(e))
+    return f"a new /health: {health}; server: {view!r}; host sockets: {host!r}; console: {console!r}"
 
 
 def status_only(g, method, path, data, headers):

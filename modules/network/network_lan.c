@@ -5,6 +5,8 @@
 #include "extmod/modnetwork.h"
 #include "lwip/netif.h"
 #include "lwip/dhcp.h"
+#include "lwip/tcp.h"
+#include "lwip/priv/tcp_priv.h"
 #include "port/drivers/e1000.h"
 #include "port/lwip/net.h"
 
@@ -142,6 +144,49 @@ static mp_obj_t network_lan_counters(mp_obj_t self_in) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(network_lan_counters_obj, network_lan_counters);
 
+static mp_obj_t pcb_tuple(const struct tcp_pcb *pcb) {
+    char remote[24];
+    snprintf(remote, sizeof(remote), "%s:%u", ip4addr_ntoa(ip_2_ip4(&pcb->remote_ip)), pcb->remote_port);
+    size_t queued = 0;
+    for (const struct tcp_seg *seg = pcb->unsent; seg; seg = seg->next) {
+        queued += seg->len;
+    }
+    for (const struct tcp_seg *seg = pcb->unacked; seg; seg = seg->next) {
+        queued += seg->len;
+    }
+    mp_obj_t items[6] = {
+        mp_obj_new_str_from_cstr(tcp_debug_state_str(pcb->state)),
+        MP_OBJ_NEW_SMALL_INT(pcb->local_port),
+        mp_obj_new_str_from_cstr(remote),
+        MP_OBJ_NEW_SMALL_INT(pcb->refused_data ? pcb->refused_data->tot_len : 0),
+        MP_OBJ_NEW_SMALL_INT(queued),
+        MP_OBJ_NEW_SMALL_INT(pcb->rcv_wnd),
+    };
+    return mp_obj_new_tuple(6, items);
+}
+
+// tcp() -> list of (state, local port, "remote:port", bytes refused (arrived before accept() and
+// not yet handed over), bytes sent and not yet acknowledged, receive window): lwIP's connections,
+// as netstat shows them; listening ports as ("LISTEN", port, "0.0.0.0:0", 0, 0, 0).
+static mp_obj_t network_lan_tcp(mp_obj_t self_in) {
+    lan_netif();
+    mp_obj_t list = mp_obj_new_list(0, NULL);
+    for (struct tcp_pcb_listen *l = tcp_listen_pcbs.listen_pcbs; l; l = l->next) {
+        mp_obj_t items[6] = { MP_OBJ_NEW_QSTR(MP_QSTR_LISTEN), MP_OBJ_NEW_SMALL_INT(l->local_port),
+                              mp_obj_new_str_from_cstr("0.0.0.0:0"), MP_OBJ_NEW_SMALL_INT(0),
+                              MP_OBJ_NEW_SMALL_INT(0), MP_OBJ_NEW_SMALL_INT(0) };
+        mp_obj_list_append(list, mp_obj_new_tuple(6, items));
+    }
+    for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb; pcb = pcb->next) {
+        mp_obj_list_append(list, pcb_tuple(pcb));
+    }
+    for (struct tcp_pcb *pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
+        mp_obj_list_append(list, pcb_tuple(pcb));
+    }
+    return list;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(network_lan_tcp_obj, network_lan_tcp);
+
 static const mp_rom_map_elem_t network_lan_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_active), MP_ROM_PTR(&network_lan_active_obj) },
     { MP_ROM_QSTR(MP_QSTR_isconnected), MP_ROM_PTR(&network_lan_isconnected_obj) },
@@ -150,6 +195,7 @@ static const mp_rom_map_elem_t network_lan_locals_dict_table[] = {
     { MP_ROM_QSTR(MP_QSTR_status), MP_ROM_PTR(&network_lan_status_obj) },
     { MP_ROM_QSTR(MP_QSTR_config), MP_ROM_PTR(&network_lan_config_obj) },
     { MP_ROM_QSTR(MP_QSTR_counters), MP_ROM_PTR(&network_lan_counters_obj) },
+    { MP_ROM_QSTR(MP_QSTR_tcp), MP_ROM_PTR(&network_lan_tcp_obj) },
 };
 static MP_DEFINE_CONST_DICT(network_lan_locals_dict, network_lan_locals_dict_table);
 
