@@ -49,8 +49,9 @@
 #define MICROPY_VFS_POSIX                   (1)
 #define MICROPY_READER_VFS                  (1)
 
-// Waiting: sleep until the next interrupt (the PIT ticks every millisecond).
-#define MICROPY_INTERNAL_WFE(TIMEOUT_MS)    cpu_idle()
+// Waiting: sleep until the next interrupt (the PIT ticks every millisecond), unless the network
+// has just received something (port/lwip/net.h).
+#define MICROPY_INTERNAL_WFE(TIMEOUT_MS)    net_idle()
 
 // Networking: lwIP (MICROPY_PY_LWIP=1, set by port.mk) is the socket module; network.LAN is the
 // e1000. The NIC's rings and lwIP's timers are polled whenever MicroPython handles events.
@@ -60,6 +61,7 @@
 #define MICROPY_INTERNAL_EVENT_HOOK         net_poll()
 extern const struct _mp_obj_type_t network_lan_type;
 void net_poll(void);
+void net_idle(void);
 
 #define MP_SSIZE_MAX                        (0x7fffffff)
 typedef int32_t mp_int_t;       // must be pointer size

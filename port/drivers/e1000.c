@@ -226,12 +226,21 @@ void e1000_update_counters(struct e1000 *nic) {
     nic->count.rx_errors += reg_read(nic, CRCERRS) + reg_read(nic, RLEC) + reg_read(nic, RUC) + reg_read(nic, ROC);
 }
 
+static int rx_given_back = -1;   // the last descriptor freed since the last flush
+
 static void rx_give_back(struct e1000 *nic) {
     unsigned i = nic->rx_next;
     rx_ring[i].status = 0;
     nic->rx_next = (i + 1) % E1000_RX_RING;
-    __asm__ volatile ("" ::: "memory");
-    reg_write(nic, RDT, i);
+    rx_given_back = (int)i;
+}
+
+void e1000_rx_flush(struct e1000 *nic) {
+    if (rx_given_back >= 0) {
+        __asm__ volatile ("" ::: "memory");
+        reg_write(nic, RDT, (uint32_t)rx_given_back);
+        rx_given_back = -1;
+    }
 }
 
 const uint8_t *e1000_rx_peek(struct e1000 *nic, size_t *len) {
@@ -255,6 +264,10 @@ const uint8_t *e1000_rx_peek(struct e1000 *nic, size_t *len) {
         nic->count.rx_bytes += d->length;
         return rx_buffers[nic->rx_next];
     }
+}
+
+int e1000_rx_ready(const struct e1000 *nic) {
+    return (rx_ring[nic->rx_next].status & RXD_STAT_DD) != 0;
 }
 
 void e1000_rx_release(struct e1000 *nic) {

@@ -40,7 +40,12 @@ void e1000_update_counters(struct e1000 *nic);   // folds the hardware statistic
 // Receive, without copying: a frame stays in its DMA buffer until e1000_rx_release.
 // NULL when the ring holds no completed frame. Bad frames are counted and skipped here.
 const uint8_t *e1000_rx_peek(struct e1000 *nic, size_t *len);
+// Whether a received frame waits in the ring (a memory read, no register access).
+int e1000_rx_ready(const struct e1000 *nic);
+// Done with the frame e1000_rx_peek gave. The hardware learns of the freed descriptors only at
+// e1000_rx_flush: one register write (a trip into the device model under emulation) per batch.
 void e1000_rx_release(struct e1000 *nic);
+void e1000_rx_flush(struct e1000 *nic);
 
 // Transmit: fill the buffer e1000_tx_buffer gives (NULL: ring full), then queue len bytes.
 uint8_t *e1000_tx_buffer(struct e1000 *nic);

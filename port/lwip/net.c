@@ -113,10 +113,13 @@ static err_t netif_init_e1000(struct netif *nif) {
     return ERR_OK;
 }
 
+static int received;     // frames the last poll took
+
 static void receive(void) {
     const uint8_t *frame;
     size_t len;
-    for (int n = 0; n < RX_BUDGET && (frame = e1000_rx_peek(&nic, &len)); n++) {
+    received = 0;
+    for (int n = 0; n < RX_BUDGET && (frame = e1000_rx_peek(&nic, &len)); n++, received++) {
         struct pbuf *p = pbuf_alloc(PBUF_RAW, len, PBUF_POOL);
         if (!p) {
             nic.count.rx_dropped++;         // the pool is full of data sockets have not read
@@ -129,6 +132,7 @@ static void receive(void) {
         }
         e1000_rx_release(&nic);
     }
+    e1000_rx_flush(&nic);
 }
 
 static void check_link(void) {
@@ -158,6 +162,21 @@ void net_poll(void) {
     check_link();
     sys_check_timeouts();
     polling = 0;
+}
+
+void net_idle(void) {
+    if (!nic_ready) {
+        cpu_idle();
+        return;
+    }
+    uint32_t flags = irq_save();
+    if (received || e1000_rx_ready(&nic)) {
+        received = 0;       // once: a caller that finds nothing new sleeps next time
+        irq_restore(flags);
+        return;
+    }
+    cpu_idle();             // "sti; hlt": an interrupt from here on ends the hlt
+    irq_restore(flags);
 }
 
 // "a.b.c.d" or "a.b.c.d/nn" from the command line into addr (and mask, if given).

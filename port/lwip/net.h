@@ -11,6 +11,11 @@ struct e1000;
 void net_init(void);
 // Receive what the NIC has, run lwIP's timers. Cheap when there is nothing to do.
 void net_poll(void);
+// MicroPython's wait for an event (MICROPY_INTERNAL_WFE: select.poll, time.sleep, input): sleep
+// until the next interrupt, unless the last poll received frames (what waits on them should look
+// first) or a frame has come since. Otherwise a frame arriving just before the hlt would wait for
+// the next timer tick: up to a millisecond per frame, several per request.
+void net_idle(void);
 // NULL when no NIC was found.
 struct netif *net_netif(void);
 struct e1000 *net_nic(void);
