@@ -50,29 +50,55 @@ class Server(Microdot):
     llama-server's error shape and the connection closed, instead of a slot held forever."""
 
     BACKLOG = 32
+    WATCH_MS = 250
+
+    def __init__(self):
+        super().__init__()
+        self.reading = {}       # the tasks still reading their request -> their deadline (ticks_ms)
+        self.expired = set()    # those the watchdog cancelled for it
 
     async def serve(self, port):
         """microdot's start_server, with a listen backlog for bursts of connections: microdot takes
         asyncio's default of 5, and lwIP refuses (resets) the connections beyond it."""
-        self.server = await asyncio.start_server(self.handle_request, "0.0.0.0", port, self.BACKLOG)
-        await self.server.wait_closed()
+        watchdog = asyncio.create_task(self.watch())
+        try:
+            self.server = await asyncio.start_server(self.handle_request, "0.0.0.0", port, self.BACKLOG)
+            await self.server.wait_closed()
+        finally:
+            watchdog.cancel()
+
+    async def watch(self):
+        """The request deadline: one task for all connections, every WATCH_MS, cancels those past it
+        (asyncio's wait_for per request would cost two tasks and an exception each, even in time)."""
+        while True:
+            await asyncio.sleep_ms(self.WATCH_MS)
+            now = time.ticks_ms()
+            for task, end in list(self.reading.items()):
+                if time.ticks_diff(now, end) >= 0:
+                    del self.reading[task]
+                    self.expired.add(task)
+                    task.cancel()
 
     async def handle_request(self, reader, writer):
         limited = LineLimit(reader, settings.max_headers + 2)      # + request line, blank line
+        me = asyncio.current_task()
+        self.reading[me] = time.ticks_add(time.ticks_ms(), int(settings.timeout * 1000))
         req = error = None
         try:
-            # One deadline for the whole request: asyncio's wait_for costs an exception and two
-            # tasks even when in time, too much for each line.
-            req = await asyncio.wait_for_ms(Request.create(self, limited, writer, writer.get_extra_info("peername")),
-                                            int(settings.timeout * 1000))
-        except asyncio.TimeoutError:
+            req = await Request.create(self, limited, writer, writer.get_extra_info("peername"))
+        except asyncio.CancelledError:
+            if me not in self.expired:      # not the deadline: the server is stopping
+                raise
             error = ApiError(408, "Request timed out", "invalid_request_error")
         except TooManyHeaders:
             error = ApiError(431, "More than {} header lines".format(settings.max_headers), "invalid_request_error")
         except OSError:                     # the client is gone
+            self.reading.pop(me, None)
             return await close(writer)
         except Exception:                   # a malformed request line or header (microdot's ValueErrors)
             pass                            # dispatch_request(None) answers 400
+        self.reading.pop(me, None)
+        self.expired.discard(me)
         if error:
             body, code = error.response()
             res = Response(body, code, {"Connection": "close"})
