@@ -57,7 +57,7 @@ help:
 	@echo "  make bench-llm  inference speed in the kernel with SMP=1 and SMP CPUs vs. the same llama.cpp build under"
 	@echo "                  qemu-i386 (bench/llm.py)"
 	@echo "  make bench-http the HTTP server vs. llama-server (same build) under qemu-i386: ready, /health rate,"
-	@echo "                  time to first token, streamed tokens/s (bench/http.py)"
+	@echo "                  time to first token, streamed tokens/s (bench/api.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
@@ -163,7 +163,7 @@ bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/llm.py --smp $(SMP)
 
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
-	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/http.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/api.py
 
 .PHONY: bench-net bench-http
 bench-net: kernel $(VENV)/.stamp

@@ -1,7 +1,7 @@
 """The VGA screen while serving: a status panel on its top rows, redrawn every second, with the
 console's log scrolling on below it (vga.reserve)."""
 import asyncio
-import gc
+import kernel
 import time
 
 import vga
@@ -49,7 +49,7 @@ class Dashboard:
         return [
             head + " " * (vga.COLS - len(head) - len(up)) + up,
             " requests {} ({} rejected)  slots {}/{} busy, {} waiting  heap free {} KiB".format(
-                st["requests"], st["rejected"], busy, len(e.slots), len(e.waiting), gc.mem_free() // 1024),
+                st["requests"], st["rejected"], busy, len(e.slots), len(e.waiting), kernel.heap_free() // 1024),
             " prompt {} tok at {} tok/s   generated {} tok at {} tok/s   now {} tok/s".format(
                 st["prompt_tokens"], rate(st["prompt_tokens"], st["prompt_ms"]), st["predicted_tokens"],
                 rate(st["predicted_tokens"], st["predicted_ms"]),

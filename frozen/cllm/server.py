@@ -3,7 +3,7 @@
 From the serial REPL while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
 or a new handler for a route through server.app (microdot's app.route)."""
 import asyncio
-import gc
+import kernel
 import time
 
 from cllm import api, dashboard, repl
@@ -18,7 +18,7 @@ engine = None
 def stats():
     """What the server is doing: state, slots, queue, token counts, heap."""
     out = {"state": engine.state, "slots_busy": len(engine.busy_slots()), "slots": len(engine.slots),
-           "waiting": len(engine.waiting), "heap_free": gc.mem_free()}
+           "waiting": len(engine.waiting), "heap_free": kernel.heap_free()}
     out.update(engine.stats)
     return out
 

@@ -59,6 +59,42 @@ static mp_obj_t kernel_mem(void) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(kernel_mem_obj, kernel_mem);
 
+// heap_free() -> int: free bytes in MicroPython's heap, what gc.mem_free() says, but fast enough
+// for a status line every second: gc.mem_free() walks the allocation table one block at a time
+// (126 ms for a 128 MiB heap under TCG, during which nothing else runs). This takes a table byte
+// (four blocks) at a time, four zero bytes at once, and nothing past the highest block in use.
+static mp_obj_t kernel_heap_free(void) {
+    static uint8_t free_in_byte[256];
+    if (!free_in_byte[0]) {
+        for (int b = 0; b < 256; b++) {
+            for (int k = 0; k < 8; k += 2) {
+                free_in_byte[b] += ((b >> k) & 3) == 0;     // AT_FREE
+            }
+        }
+    }
+    #if MICROPY_GC_SPLIT_HEAP
+    #error "heap_free counts one heap area"
+    #endif
+    const mp_state_mem_area_t *area = &MP_STATE_MEM(area);
+    size_t len = area->gc_alloc_table_byte_len;
+    size_t used = MIN(area->gc_last_used_block / 4 + 1, len);
+    const uint8_t *atb = area->gc_alloc_table_start;
+    size_t blocks = 4 * (len - used), i = 0;
+    for (; i < used && ((uintptr_t)(atb + i) & 3); i++) {
+        blocks += free_in_byte[atb[i]];
+    }
+    for (; i + 4 <= used; i += 4) {
+        uint32_t word = *(const uint32_t *)(atb + i);
+        blocks += word ? free_in_byte[word & 0xff] + free_in_byte[(word >> 8) & 0xff] +
+            free_in_byte[(word >> 16) & 0xff] + free_in_byte[word >> 24] : 16;
+    }
+    for (; i < used; i++) {
+        blocks += free_in_byte[atb[i]];
+    }
+    return mp_obj_new_int_from_uint(blocks * MICROPY_BYTES_PER_GC_BLOCK);
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(kernel_heap_free_obj, kernel_heap_free);
+
 // clock() -> str: the monotonic clock's source, "hpet" or "pit"
 static mp_obj_t kernel_clock(void) {
     return MP_OBJ_NEW_QSTR(qstr_from_str(clock_source()));
@@ -271,6 +307,7 @@ static const mp_rom_map_elem_t kernel_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_cmdline), MP_ROM_PTR(&kernel_cmdline_obj) },
     { MP_ROM_QSTR(MP_QSTR_modules), MP_ROM_PTR(&kernel_modules_obj) },
     { MP_ROM_QSTR(MP_QSTR_mem), MP_ROM_PTR(&kernel_mem_obj) },
+    { MP_ROM_QSTR(MP_QSTR_heap_free), MP_ROM_PTR(&kernel_heap_free_obj) },
     { MP_ROM_QSTR(MP_QSTR_clock), MP_ROM_PTR(&kernel_clock_obj) },
     { MP_ROM_QSTR(MP_QSTR_syscalls), MP_ROM_PTR(&kernel_syscalls_obj) },
     { MP_ROM_QSTR(MP_QSTR_malloc_check), MP_ROM_PTR(&kernel_malloc_check_obj) },

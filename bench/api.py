@@ -4,23 +4,20 @@ static i386 llama-server built from the same sdist with the same ggml flags (mak
 `peer-same` build), run under qemu-i386 user-mode emulation on the host's loopback — same CPU model,
 no OS to boot. SmolLM2-135M-Instruct Q4_1, 1 thread, greedy.
 
-    make bench-http       (or: python bench/http.py; BENCH_RUNS=3 BENCH_HEALTH=300 BENCH_GEN=32)
+    make bench-http       (or: python bench/api.py; BENCH_RUNS=3 BENCH_HEALTH=300 BENCH_GEN=32)
 
 Measured, median of BENCH_RUNS: start -> first /health 200; /health requests/s with p50/p99 latency,
 a new connection each; time to first token of a streamed /completion (a ~60-token prompt) and the
 tokens/s of its generation as the client sees them. Prints a table with the cllm/llama-server ratio
 and writes build/bench/http.json.
 """
+import http.client
+import json
 import os
+import statistics
+import subprocess
 import sys
-
-# This file's own name hides the standard library's http package from a script run from here.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-import http.client  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -136,7 +133,7 @@ def stop_llama_server(p):
 
 def main():
     if not os.path.exists(SERVER):
-        sys.exit(f"bench/http.py: {SERVER} is missing: `make bench-http` builds it (make peer), or set LLAMA_SERVER")
+        sys.exit(f"bench/api.py: {SERVER} is missing: `make bench-http` builds it (make peer), or set LLAMA_SERVER")
     runs = {"cllm": [], "llama-server": []}
     for i in range(RUNS):
         runs["cllm"].append(measure(start_cllm, lambda g: g.close()))
