@@ -128,7 +128,7 @@ static mp_obj_t network_lan_counters(mp_obj_t self_in) {
     struct e1000 *nic = net_nic();
     e1000_update_counters(nic);
     const struct e1000_counters *c = &nic->count;
-    mp_obj_t d = mp_obj_new_dict(10);
+    mp_obj_t d = mp_obj_new_dict(13);
     dict_set(d, MP_QSTR_rx_frames, c->rx_frames);
     dict_set(d, MP_QSTR_rx_bytes, c->rx_bytes);
     dict_set(d, MP_QSTR_tx_frames, c->tx_frames);
@@ -140,6 +140,7 @@ static mp_obj_t network_lan_counters(mp_obj_t self_in) {
     dict_set(d, MP_QSTR_tx_dropped, c->tx_dropped);
     dict_set(d, MP_QSTR_interrupts, nic->wakeups);
     dict_set(d, MP_QSTR_lwip_assertions, net_assertions);
+    dict_set(d, MP_QSTR_time_wait_reused, net_time_wait_reused);
     return d;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(network_lan_counters_obj, network_lan_counters);

@@ -12,6 +12,8 @@
 #include "lwip/tcp.h"
 #include "lwip/priv/tcp_priv.h"
 #include "lwip/timeouts.h"
+#include "lwip/prot/ip.h"
+#include "lwip/prot/tcp.h"
 #include "netif/ethernet.h"
 
 #include "port/boot/kernel.h"
@@ -88,6 +90,47 @@ static void deliver_refused_data(void) {
     }
 }
 
+// A SYN for a connection lwIP still keeps in TIME_WAIT starts a new connection, as BSD and Linux
+// take it (RFC 1122 4.2.2.13, RFC 6191), instead of lwIP's answer: an ACK for the old connection,
+// which the client's stack answers with a RST, which TIME_WAIT ignores (RFC 1337) — every retry of
+// the client meets the same answer for the two minutes the state lasts, and its request hangs. It
+// happens whenever a client's port comes round again within that time: an HTTP/1.0 server closes
+// first, so each connection leaves a TIME_WAIT behind, and QEMU's user network passes the host's
+// ports through (seen in the test suite: Linux gave a client a port the guest had closed a minute before).
+// Unlike Linux, every such SYN is taken, whatever its sequence number: lwIP keeps no timestamps to
+// tell an old duplicate SYN, and a client whose new first sequence number is below the end of the
+// old connection (after a large upload) would hang. An ancient duplicate SYN costs a half-open
+// connection that times out.
+unsigned net_time_wait_reused;
+
+static void reuse_time_wait(const uint8_t *frame, size_t len) {
+    if (!tcp_tw_pcbs || len < 14 + 20 + 20 || frame[12] != 0x08 || frame[13] != 0x00) {
+        return;                             // nothing in TIME_WAIT, or not IPv4
+    }
+    const uint8_t *ip = frame + 14;
+    size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
+    if ((ip[0] >> 4) != 4 || ip[9] != IP_PROTO_TCP || ihl < 20 || len < 14 + ihl + 20 ||
+        (ip[6] & 0x3f) || ip[7]) {
+        return;                             // not TCP, or a fragment
+    }
+    const uint8_t *tcp = ip + ihl;
+    if ((tcp[13] & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+        return;
+    }
+    u16_t sport = (u16_t)(tcp[0] << 8 | tcp[1]), dport = (u16_t)(tcp[2] << 8 | tcp[3]);
+    ip4_addr_t src, dst;
+    memcpy(&src.addr, ip + 12, 4);
+    memcpy(&dst.addr, ip + 16, 4);
+    for (struct tcp_pcb *pcb = tcp_tw_pcbs; pcb; pcb = pcb->next) {
+        if (pcb->local_port == dport && pcb->remote_port == sport &&
+            ip4_addr_eq(ip_2_ip4(&pcb->remote_ip), &src) && ip4_addr_eq(ip_2_ip4(&pcb->local_ip), &dst)) {
+            tcp_abort(pcb);                 // TIME_WAIT: removed and freed, nothing sent
+            net_time_wait_reused++;
+            return;
+        }
+    }
+}
+
 static err_t linkoutput(struct netif *nif, struct pbuf *p) {
     (void)nif;
     uint8_t *buf = e1000_tx_buffer(&nic);
@@ -120,6 +163,7 @@ static void receive(void) {
     size_t len;
     received = 0;
     for (int n = 0; n < RX_BUDGET && (frame = e1000_rx_peek(&nic, &len)); n++, received++) {
+        reuse_time_wait(frame, len);
         struct pbuf *p = pbuf_alloc(PBUF_RAW, len, PBUF_POOL);
         if (!p) {
             nic.count.rx_dropped++;         // the pool is full of data sockets have not read

@@ -21,3 +21,4 @@ struct netif *net_netif(void);
 struct e1000 *net_nic(void);
 const char *net_address_source(void);    // "dhcp", "static" or "none"
 extern unsigned net_assertions;         // failed lwIP assertions (reported, not fatal)
+extern unsigned net_time_wait_reused;   // SYNs that started a new connection over a TIME_WAIT one
