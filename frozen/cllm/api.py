@@ -106,12 +106,29 @@ class Server(Microdot):
             res = await self.dispatch_request(req)
         try:
             if res != Response.already_handled:
-                await res.write(writer)
+                await write_response(res, writer)
                 if req is None or res.status_code == 413:      # the request was not read to its end
                     await linger(reader)
         except OSError:
             pass
         await close(writer)
+
+
+async def write_response(res, writer):
+    """res.write(writer), in one write when the body is bytes (every JSON answer, the page): microdot
+    awaits a write per header line, and each became a TCP segment of its own through lwIP, the NIC and
+    QEMU's network. Streams (SSE) keep microdot's loop."""
+    res.complete()
+    if not isinstance(res.body, bytes):
+        return await res.write(writer)
+    reason = res.reason if res.reason is not None else ("OK" if res.status_code == 200 else "N/A")
+    parts = ["HTTP/1.0 {} {}\r\n".format(res.status_code, reason)]
+    for header, value in res.headers.items():
+        for v in value if isinstance(value, list) else (value,):
+            parts.append("{}: {}\r\n".format(header, v))
+    parts.append("\r\n")
+    data = "".join(parts).encode()
+    await writer.awrite(data if res.is_head else data + res.body)
 
 
 async def close(writer):
