@@ -17,6 +17,8 @@
 
 #include "llama.h"
 #include "ggml.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "json-schema-to-grammar.h"     // llama.cpp's common library: what llama-server uses
 
 extern "C" {
@@ -122,6 +124,29 @@ static llm_model_obj_t *open_context(mp_obj_t self_in) {
     return self;
 }
 
+// With more than one thread, a pool of ggml workers that lives as long as the context, as llama-server
+// attaches one (common_threadpools): without it ggml starts and joins its workers for every decode.
+// Through the registry, as llama.cpp's tools do: the CPU backend is whichever variant won at boot.
+static void attach_threadpool(llm_model_obj_t *self, int n_threads) {
+    ggml_backend_dev_t cpu = n_threads > 1 ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) : nullptr;
+    if (!cpu) {
+        return;
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu);
+    auto *make = (decltype(ggml_threadpool_new) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
+    auto *release = (decltype(ggml_threadpool_free) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free");
+    if (!make || !release) {
+        return;
+    }
+    struct ggml_threadpool_params params = ggml_threadpool_params_default(n_threads);
+    struct ggml_threadpool *pool = make(&params);
+    if (pool) {
+        llama_attach_threadpool(self->ctx, pool, pool);
+        self->threadpool = pool;
+        self->threadpool_free = release;
+    }
+}
+
 static llama_batch *model_batch(llm_model_obj_t *m) {
     return (llama_batch *)m->batch;
 }
@@ -136,6 +161,10 @@ mp_obj_t llm_model_close(mp_obj_t self_in) {
     if (self->ctx) {
         llama_free(self->ctx);
         self->ctx = nullptr;
+    }
+    if (self->threadpool) {
+        self->threadpool_free(self->threadpool);
+        self->threadpool = nullptr;
     }
     if (self->model) {
         llama_model_free(self->model);
@@ -210,6 +239,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->model = nullptr;
     self->ctx = nullptr;
     self->batch = nullptr;
+    self->threadpool = nullptr;
     self->logits_index = nullptr;
     log_error[0] = 0;
 
@@ -249,6 +279,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("cannot create a context of %d tokens: %s"), n_ctx,
             log_error[0] ? log_error : "out of memory?");
     }
+    attach_threadpool(self, n_threads);
     self->n_ctx = (int)llama_n_ctx(self->ctx);
     self->n_batch = n_batch;
     self->n_seq = n_seq;

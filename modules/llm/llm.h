@@ -21,6 +21,8 @@ typedef struct {
     int n_ctx, n_batch, n_seq;
     int *logits_index;      // per sequence: batch index of its logits in the last decode, or -1
     void *batch;            // struct llama_batch, n_batch tokens
+    struct ggml_threadpool *threadpool;             // ggml's workers, for the context's lifetime
+    void (*threadpool_free)(struct ggml_threadpool *);
 } llm_model_obj_t;
 
 typedef struct {
