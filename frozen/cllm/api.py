@@ -93,12 +93,12 @@ class Server(Microdot):
         except TooManyHeaders:
             error = ApiError(431, "More than {} header lines".format(settings.max_headers), "invalid_request_error")
         except OSError:                     # the client is gone
-            self.reading.pop(me, None)
             return await close(writer)
         except Exception:                   # a malformed request line or header (microdot's ValueErrors)
             pass                            # dispatch_request(None) answers 400
-        self.reading.pop(me, None)
-        self.expired.discard(me)
+        finally:
+            self.reading.pop(me, None)
+            self.expired.discard(me)
         if error:
             body, code = error.response()
             res = Response(body, code, {"Connection": "close"})
@@ -712,8 +712,9 @@ async def oai_completions(req):
         return StreamResponse(body, tasks, lambda text, i: [oai_object(cid, "text_completion", choices=choice(
             text, i, None, oai_logprobs(tasks[i].new_probs())))], last)
     texts = await all_finished(tasks)
-    choices = [{"text": text, "index": i, "logprobs": oai_logprobs(t.probs), "finish_reason": finish_reason(t)}
-               for i, (t, text) in enumerate(zip(tasks, texts))]
+    choices = []
+    for i, (t, text) in enumerate(zip(tasks, texts)):
+        choices += choice(text, i, finish_reason(t), oai_logprobs(t.probs))
     return oai_object(cid, "text_completion", choices=choices, usage=usage(*tasks), timings=task.timings())
 
 
