@@ -63,6 +63,14 @@ extern const struct _mp_obj_type_t network_lan_type;
 void net_poll(void);
 void net_idle(void);
 
+// The scheduler also takes work from interrupt handlers (port/lwip/net.c): its queue is guarded
+// by turning interrupts off (one CPU runs MicroPython and takes every device interrupt).
+#define MICROPY_SCHEDULER_STATIC_NODES      (1)
+#define MICROPY_BEGIN_ATOMIC_SECTION()      mp_hal_begin_atomic_section()
+#define MICROPY_END_ATOMIC_SECTION(state)   mp_hal_end_atomic_section(state)
+unsigned int mp_hal_begin_atomic_section(void);
+void mp_hal_end_atomic_section(unsigned int state);
+
 #define MP_SSIZE_MAX                        (0x7fffffff)
 typedef int32_t mp_int_t;       // must be pointer size
 typedef uint32_t mp_uint_t;

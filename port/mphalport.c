@@ -4,6 +4,7 @@
 #include "py/stream.h"
 #include "shared/runtime/interrupt_char.h"
 #include "port/drivers/console.h"
+#include "port/boot/kernel.h"
 #include "port/drivers/clock.h"
 
 int mp_hal_stdin_rx_chr(void) {
@@ -38,6 +39,14 @@ static void keyboard_interrupt(void) {
 
 void mp_hal_set_interrupt_char(int c) {
     console_set_interrupt(c, keyboard_interrupt);
+}
+
+unsigned int mp_hal_begin_atomic_section(void) {
+    return irq_save();
+}
+
+void mp_hal_end_atomic_section(unsigned int state) {
+    irq_restore(state);
 }
 
 mp_uint_t mp_hal_ticks_ms(void) {

@@ -94,8 +94,9 @@ OBJ += $(KERNEL_OBJ)
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
 LIBS = $(LLAMA_LIBS) -lstdc++ -lm
 # extmod/modlwip.c sets err and recv callbacks on listening pcbs too, which lwIP 2.2 asserts
-# against and which write past the smaller listen pcb: route its calls through port/lwip/net.c.
-LDFLAGS += -Wl,--wrap=tcp_err -Wl,--wrap=tcp_recv
+# against and which write past the smaller listen pcb: route its calls through port/lwip/net.c,
+# as tcp_write's (to count the writes that find no memory).
+LDFLAGS += -Wl,--wrap=tcp_err -Wl,--wrap=tcp_recv -Wl,--wrap=tcp_write
 
 all: $(BUILD)/cllm.elf
 

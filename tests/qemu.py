@@ -1,7 +1,11 @@
 """Boot the cllm kernel in QEMU and talk to it over its serial console."""
+import bisect
 import os
+import re
 import shlex
 import socket
+import struct
+import subprocess
 import time
 
 import pexpect
@@ -51,6 +55,9 @@ def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chard
         assert all(":127.0.0.1:" in rule for rule in hostfwd), hostfwd
         netdev = "user,id=net0,restrict=on" + "".join(",hostfwd=" + rule for rule in hostfwd)
         cmd += ["-netdev", netdev, "-device", "e1000,netdev=net0" + (f",mac={mac}" if mac else "")]
+        if os.environ.get("CLLM_PCAP_DIR"):     # debugging: every frame of the guest's network
+            dump = os.path.join(os.environ["CLLM_PCAP_DIR"], f"net-{os.getpid()}-{time.monotonic_ns()}.pcap")
+            cmd += ["-object", f"filter-dump,id=dump0,netdev=net0,file={dump}"]
     if modules:
         cmd += ["-initrd", ",".join(os.fspath(m) for m in modules)]
     return cmd
@@ -165,8 +172,43 @@ class Monitor:
         with open(scratch, "rb") as f:
             return f.read()
 
+    def where(self, kernel=KERNEL, samples=20, scratch=None):
+        """Where the guest's CPU is: the functions of a few EIP samples, then the code addresses
+        found on the stack at the last one (return addresses and leftovers: a rough backtrace)."""
+        syms = kernel_symbols(kernel)
+        starts = [a for a, _ in syms]
+
+        def name(addr):
+            i = bisect.bisect_right(starts, addr) - 1
+            return f"{syms[i][1]}+{addr - syms[i][0]:#x}" if i >= 0 else hex(addr)
+
+        seen, regs = {}, b""
+        for _ in range(samples):
+            regs = self.command("info registers")
+            eip = int(re.search(rb"EIP=([0-9a-f]+)", regs).group(1), 16)
+            key = "(halted)" if b"HLT=1" in regs else name(eip).split("+")[0]
+            seen[key] = seen.get(key, 0) + 1
+            time.sleep(0.01)
+        esp = int(re.search(rb"ESP=([0-9a-f]+)", regs).group(1), 16)
+        scratch = scratch or f"/tmp/cllm-stack-{os.getpid()}"
+        try:
+            stack = self.read_memory(esp, 8192, scratch)     # identity-mapped: virtual = physical
+        finally:
+            if os.path.exists(scratch):
+                os.unlink(scratch)
+        text = (starts[0], starts[-1]) if starts else (0, 0)
+        frames = [name(w) for (w,) in struct.iter_unpack("<I", stack) if text[0] <= w < text[1]]
+        return f"EIP samples {seen}; stack from {esp:#x}: {frames[:40]}"
+
     def close(self):
         self.sock.close()
+
+
+def kernel_symbols(kernel=KERNEL):
+    """Sorted (address, name) of the kernel's functions."""
+    out = subprocess.run(["nm", "-n", "-C", kernel], capture_output=True, text=True, check=True).stdout
+    return sorted((int(a, 16), n) for a, k, n in (l.split(" ", 2) for l in out.splitlines() if l[:1] != " ")
+                  if k in "tTwW")
 
 
 def command_line(modules=(), append=""):

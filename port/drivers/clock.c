@@ -47,8 +47,17 @@ static uint64_t hpet_counter(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+static void (*tick_hook)(uint32_t);
+
 static void pit_tick(void) {
     pit_ticks++;
+    if (tick_hook) {
+        tick_hook(pit_ticks);
+    }
+}
+
+void clock_on_tick(void (*fn)(uint32_t ticks)) {
+    tick_hook = fn;
 }
 
 static uint8_t cmos_read(uint8_t reg) {

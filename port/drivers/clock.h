@@ -7,3 +7,5 @@ uint64_t clock_epoch_ns(void);      // wall clock: the RTC at boot plus the mono
 const char *clock_source(void);     // "hpet" or "pit"
 const char *clock_stamp(void);      // "[   1.234]": seconds since boot, for the boot log
 void clock_sleep_ns(uint64_t ns);   // idles the CPU between timer ticks
+// fn(ticks) in interrupt context at every timer tick (1 ms); one hook, NULL removes it.
+void clock_on_tick(void (*fn)(uint32_t ticks));

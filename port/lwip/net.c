@@ -16,6 +16,7 @@
 #include "lwip/prot/tcp.h"
 #include "netif/ethernet.h"
 
+#include "py/runtime.h"
 #include "port/boot/kernel.h"
 #include "port/drivers/clock.h"
 #include "port/drivers/e1000.h"
@@ -65,27 +66,29 @@ void __wrap_tcp_err(struct tcp_pcb *pcb, tcp_err_fn err) {
     }
 }
 
+// modlwip retries a tcp_write that finds no memory every 50 ms for up to 10 s, the socket
+// non-blocking or not, and nothing else in Python runs meanwhile: counted, for the operator.
+unsigned net_tcp_write_no_memory;
+err_t __real_tcp_write(struct tcp_pcb *pcb, const void *data, u16_t len, u8_t flags);
+
+err_t __wrap_tcp_write(struct tcp_pcb *pcb, const void *data, u16_t len, u8_t flags) {
+    err_t err = __real_tcp_write(pcb, data, len, flags);
+    if (err == ERR_MEM) {
+        net_tcp_write_no_memory++;
+    }
+    return err;
+}
+
 // Data that arrives before Python accepts a connection is refused by modlwip's "unaccepted"
 // callback and kept by lwIP, which offers it again only from its 250 ms timer: a request sent
-// right after connecting would wait that long. When the socket is accepted (its recv callback
-// set), the next poll hands the data over instead.
-static int refused_pending;
-
+// right after connecting would wait that long. modlwip sets the recv callback last when it accepts
+// (the socket is ready for data by then): the data is handed over there and then. Its callback
+// keeps every pbuf and never aborts, so the pcb outlives the call.
 void __wrap_tcp_recv(struct tcp_pcb *pcb, tcp_recv_fn recv) {
     if (!pcb || pcb->state != LISTEN) {
         __real_tcp_recv(pcb, recv);
-        if (pcb && pcb->refused_data) {
-            refused_pending = 1;
-        }
-    }
-}
-
-static void deliver_refused_data(void) {
-    refused_pending = 0;
-    for (struct tcp_pcb *pcb = tcp_active_pcbs; pcb; pcb = pcb->next) {
-        if (pcb->refused_data && tcp_process_refused_data(pcb) == ERR_ABRT) {
-            refused_pending = 1;    // the pcb is gone and the list changed: again next poll
-            return;
+        if (pcb && recv && pcb->refused_data) {
+            tcp_process_refused_data(pcb);
         }
     }
 }
@@ -200,12 +203,36 @@ void net_poll(void) {
     }
     polling = 1;
     receive();
-    if (refused_pending) {
-        deliver_refused_data();
-    }
     check_link();
     sys_check_timeouts();
     polling = 0;
+}
+
+// MicroPython handles events (the hook above) only when it waits: when select.poll finds a socket
+// ready at once, or is asked not to wait, it returns without. An asyncio loop that always has a
+// task ready therefore starved lwIP: no frame was received and no timer ran until every task
+// waited at once, and a task that spins on a socket poll calls ready (modlwip: a socket whose
+// peer has closed is "writable", while its writes fail with EAGAIN until the peer acknowledges)
+// held the whole network still. So the NIC's interrupts, and the timer every TIMER_POLL_MS for
+// lwIP's timers, also schedule a poll, which MicroPython runs at the next branch of bytecode.
+#define TIMER_POLL_MS 50
+
+// The node stays queued across a soft reboot (mp_init keeps the scheduler's list of nodes).
+static mp_sched_node_t poll_node;
+
+static void scheduled_poll(mp_sched_node_t *node) {
+    (void)node;
+    net_poll();
+}
+
+static void schedule_poll(void) {                 // interrupt context
+    mp_sched_schedule_node(&poll_node, scheduled_poll);
+}
+
+static void timer_tick(uint32_t ticks) {
+    if (ticks % TIMER_POLL_MS == 0) {
+        schedule_poll();
+    }
 }
 
 void net_idle(void) {
@@ -284,6 +311,8 @@ void net_init(void) {
         netif_set_link_up(&netif);
     }
     nic_ready = 1;
+    nic.on_interrupt = schedule_poll;
+    clock_on_tick(timer_tick);
     configure_address();
     const uint8_t *m = nic.mac;
     printf("%s net: e1000 %02x:%02x:%02x:%02x:%02x:%02x irq %u, link %s, address by %s\n", clock_stamp(),

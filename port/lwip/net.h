@@ -1,5 +1,6 @@
 // The network: the e1000 as lwIP's one netif, brought up at boot and polled from MicroPython's
-// event hook (MICROPY_INTERNAL_EVENT_HOOK), so lwIP only ever runs in normal context.
+// event hook (MICROPY_INTERNAL_EVENT_HOOK) and, on the NIC's interrupts and every 50 ms, from its
+// scheduler (between two bytecodes), so lwIP only ever runs in normal context.
 #pragma once
 #include <stdint.h>
 
@@ -21,4 +22,5 @@ struct netif *net_netif(void);
 struct e1000 *net_nic(void);
 const char *net_address_source(void);    // "dhcp", "static" or "none"
 extern unsigned net_assertions;         // failed lwIP assertions (reported, not fatal)
+extern unsigned net_tcp_write_no_memory;  // tcp_write calls that found no memory (modlwip retries them)
 extern unsigned net_time_wait_reused;   // SYNs that started a new connection over a TIME_WAIT one
