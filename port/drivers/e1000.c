@@ -174,9 +174,6 @@ static void tx_init(struct e1000 *nic) {
 static void e1000_irq(void) {
     (void)reg_read(irq_nic, ICR);
     irq_nic->wakeups++;
-    if (irq_nic->on_interrupt) {
-        irq_nic->on_interrupt();
-    }
 }
 
 int e1000_init(struct e1000 *nic, const struct pci_device *pci) {

@@ -28,8 +28,7 @@ struct e1000 {
     uint8_t mac[6];
     unsigned rx_next;           // the next descriptor the hardware will hand back
     unsigned tx_next;           // the next free transmit descriptor
-    volatile uint32_t wakeups;  // interrupts taken
-    void (*on_interrupt)(void); // called in interrupt context, after the interrupt is acknowledged
+    volatile uint32_t wakeups;  // interrupts taken (they only end cpu_idle early)
     struct e1000_counters count;
 };
 

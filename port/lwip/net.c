@@ -30,6 +30,7 @@ static struct e1000 nic;
 static struct netif netif;
 static int nic_ready;
 static int polling;
+static volatile int polled;         // a poll has run since the timer last looked (below)
 static uint32_t last_link_check;
 static const char *address_source = "none";
 static uint32_t random_state;
@@ -202,6 +203,7 @@ void net_poll(void) {
         return;
     }
     polling = 1;
+    polled = 1;
     receive();
     check_link();
     sys_check_timeouts();
@@ -213,9 +215,11 @@ void net_poll(void) {
 // task ready therefore starved lwIP: no frame was received and no timer ran until every task
 // waited at once, and a task that spins on a socket poll calls ready (modlwip: a socket whose
 // peer has closed is "writable", while its writes fail with EAGAIN until the peer acknowledges)
-// held the whole network still. So the NIC's interrupts, and the timer every TIMER_POLL_MS for
-// lwIP's timers, also schedule a poll, which MicroPython runs at the next branch of bytecode.
-#define TIMER_POLL_MS 50
+// held the whole network still. So when no poll has run for STARVED_MS, the timer schedules one,
+// which MicroPython runs at the next branch of bytecode. Only then: a poll at every interrupt
+// took connections in while Python was busy, and data that comes before Python accepts is refused
+// (lwIP drops what follows it until the sender retransmits: seconds).
+#define STARVED_MS 20
 
 // The node stays queued across a soft reboot (mp_init keeps the scheduler's list of nodes).
 static mp_sched_node_t poll_node;
@@ -225,13 +229,12 @@ static void scheduled_poll(mp_sched_node_t *node) {
     net_poll();
 }
 
-static void schedule_poll(void) {                 // interrupt context
-    mp_sched_schedule_node(&poll_node, scheduled_poll);
-}
-
-static void timer_tick(uint32_t ticks) {
-    if (ticks % TIMER_POLL_MS == 0) {
-        schedule_poll();
+static void timer_tick(uint32_t ticks) {           // interrupt context
+    if (ticks % STARVED_MS == 0) {
+        if (!polled) {
+            mp_sched_schedule_node(&poll_node, scheduled_poll);
+        }
+        polled = 0;
     }
 }
 
@@ -311,7 +314,6 @@ void net_init(void) {
         netif_set_link_up(&netif);
     }
     nic_ready = 1;
-    nic.on_interrupt = schedule_poll;
     clock_on_tick(timer_tick);
     configure_address();
     const uint8_t *m = nic.mac;

@@ -1,5 +1,5 @@
 // The network: the e1000 as lwIP's one netif, brought up at boot and polled from MicroPython's
-// event hook (MICROPY_INTERNAL_EVENT_HOOK) and, on the NIC's interrupts and every 50 ms, from its
+// event hook (MICROPY_INTERNAL_EVENT_HOOK) and, when that has not run for 20 ms, from its
 // scheduler (between two bytecodes), so lwIP only ever runs in normal context.
 #pragma once
 #include <stdint.h>
