@@ -305,8 +305,8 @@ class Engine:
         budget = max(10, decode_ms // 2)
         while time.ticks_diff(time.ticks_ms(), t0) < budget:
             # A 1 ms wait, not sleep_ms(0): with a task ready, asyncio polls its sockets with
-            # timeout 0, which skips the event hook that drains the NIC into lwIP (frames then
-            # come in only through the poll the NIC's interrupt schedules, port/lwip/net.c).
+            # timeout 0, which skips the event hook that drains the NIC into lwIP (then only the
+            # poll the timer schedules after 20 ms without one would, port/lwip/net.c).
             await asyncio.sleep_ms(1)
             if not others_ready():
                 return
