@@ -109,6 +109,17 @@ class Guest:
         self.wait_prompt()
         return out, err
 
+    def report(self, lines):
+        """What each of these REPL lines prints, for a failure report: best effort, an error's repr
+        in place of a line that fails."""
+        view = []
+        for line in lines:
+            try:
+                view.append(self.line(line, timeout=20).decode(errors="replace"))
+            except Exception as e:      # noqa: BLE001 — a report, best effort
+                view.append(repr(e))
+        return view
+
     def eval(self, expr, timeout=60):
         """repr() of a Python expression, evaluated in the guest, as a host string."""
         out, err = self.raw_exec(f"print(repr({expr}))", timeout)
@@ -209,6 +220,15 @@ def kernel_symbols(kernel=KERNEL):
     out = subprocess.run(["nm", "-n", "-C", kernel], capture_output=True, text=True, check=True).stdout
     return sorted((int(a, 16), n) for a, k, n in (l.split(" ", 2) for l in out.splitlines() if l[:1] != " ")
                   if k in "tTwW")
+
+
+def host_sockets(port):
+    """The host's TCP sockets to or from a port, as `ss -tanoi` shows them (for failure reports)."""
+    try:
+        return subprocess.run(["ss", "-tanoi", f"( sport = :{port} or dport = :{port} )"],
+                              capture_output=True, text=True, timeout=10).stdout
+    except Exception as e:          # noqa: BLE001 — a report, best effort
+        return repr(e)
 
 
 def command_line(modules=(), append=""):

@@ -7,14 +7,13 @@ import hashlib
 import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 
 import pexpect
 import pytest
 
-from qemu import Guest, Monitor, free_port
+from qemu import Guest, Monitor, free_port, host_sockets
 
 MAC = "52:54:00:c1:1a:3e"
 UDP_PORT = 5000
@@ -128,20 +127,11 @@ def failure_report(g):
     """The echo server's log and where each open connection's echo is, lwIP's connections, the
     NIC's counters, what asyncio waits for and which of those sockets are ready (the server was
     stopped with Ctrl-C: its sockets are still open), and the host's sockets to the forwarded port."""
-    view = []
-    for line in ("print(log)", "print(stage)", "import network; print(network.LAN().tcp())",
-                 "print(network.LAN().counters())",
-                 "import asyncio; print([(v[2], v[0], v[1]) for v in asyncio.core._io_queue.map.values()])",
-                 "print(asyncio.core._io_queue.poller.poll(0))"):
-        try:
-            view.append(g.line(line, timeout=20).decode(errors="replace"))
-        except Exception as e:      # noqa: BLE001 — a report, best effort
-            view.append(repr(e))
-    try:
-        host = subprocess.run(["ss", "-tanoi", f"( sport = :{g.tcp_port} or dport = :{g.tcp_port} )"],
-                              capture_output=True, text=True, timeout=10).stdout
-    except Exception as e:          # noqa: BLE001
-        host = repr(e)
+    view = g.report(("print(log)", "print(stage)", "import network; print(network.LAN().tcp())",
+                     "print(network.LAN().counters())",
+                     "import asyncio; print([(v[2], v[0], v[1]) for v in asyncio.core._io_queue.map.values()])",
+                     "print(asyncio.core._io_queue.poller.poll(0))"))
+    host = host_sockets(g.tcp_port)
     return f"guest: {view!r}; host sockets: {host!r}"
 
 

@@ -14,7 +14,7 @@ import openai
 import pexpect
 import pytest
 
-from qemu import Guest, free_port
+from qemu import Guest, free_port, host_sockets
 from tinymodel import make_tiny_model
 
 PROMPT = "Once upon a time"
@@ -76,20 +76,11 @@ def stall_report(g):
         health = c.getresponse().status
     except Exception as e:          # noqa: BLE001
         health = repr(e)
-    try:
-        host = subprocess.run(["ss", "-tanoi", f"( sport = :{g.port} or dport = :{g.port} )"],
-                              capture_output=True, text=True, timeout=10).stdout
-    except Exception as e:          # noqa: BLE001
-        host = repr(e)
-    view = []
-    for line in ("print(server.stats(), [(s.id, s.task) for s in engine.slots], len(engine.waiting))",
-                 "import network; print(network.LAN().tcp())",
-                 "import asyncio; print([(repr(v[2].s if hasattr(v[2], 's') else v[2]), v[0], v[1]) "
-                 "for v in asyncio.core._io_queue.map.values()])"):
-        try:
-            view.append(g.line(line, timeout=20).decode(errors="replace"))
-        except Exception as e:      # noqa: BLE001
-            view.append(repr(e))
+    host = host_sockets(g.port)
+    view = g.report(("print(server.stats(), [(s.id, s.task) for s in engine.slots], len(engine.waiting))",
+                     "import network; print(network.LAN().tcp())",
+                     "import asyncio; print([(repr(v[2].s if hasattr(v[2], 's') else v[2]), v[0], v[1]) "
+                     "for v in asyncio.core._io_queue.map.values()])"))
     return f"a new /health: {health}; server: {view!r}; host sockets: {host!r}; console: {console!r}"
 
 
