@@ -45,9 +45,13 @@ def srv(model):
         g.close()
 
 
-def request(g, method, path, body=None, headers=None, raw=None, timeout=60):
-    """(status, parsed JSON or text) of one request; raw: bytes sent as the body as they are."""
+def request(g, method, path, body=None, headers=None, raw=None, timeout=60, connecting=None):
+    """(status, parsed JSON or text) of one request; raw: bytes sent as the body as they are;
+    connecting: a lock the connect is made under (see test_stress)."""
     c = http.client.HTTPConnection("127.0.0.1", g.port, timeout=timeout)
+    if connecting:
+        with connecting:
+            c.connect()
     data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
     hdrs = {"Content-Type": "application/json"}
     hdrs.update(headers or {})
@@ -104,9 +108,9 @@ def preflight(g, path):
     return r.status, {k.lower(): v for k, v in r.getheaders()}
 
 
-def events(g, path, body, headers=None):
+def events(g, path, body, headers=None, connecting=None):
     """The data of each Server-Sent Event of a streaming request, JSON-parsed except [DONE]."""
-    status, text = request(g, "POST", path, body, headers)
+    status, text = request(g, "POST", path, body, headers, connecting=connecting)
     assert status == 200, text
     out = []
     for block in text.split("\n\n"):
@@ -551,10 +555,11 @@ def metric(srv, name):
     return float(re.search(r"^llamacpp:%s (\S+)$" % name, text, re.M).group(1))
 
 
-def stream_chat(srv, results, i, n=40):
+def stream_chat(srv, results, i, n=40, connecting=None):
     try:
         results[i] = events(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": f"Story {i}"}],
-                                                          "max_tokens": n, "temperature": 0, "stream": True})
+                                                          "max_tokens": n, "temperature": 0, "stream": True},
+                            connecting=connecting)
     except Exception as e:      # noqa: BLE001 — reported by the test
         results[i] = e
 
@@ -562,13 +567,14 @@ def stream_chat(srv, results, i, n=40):
 def test_two_streams_at_once_and_health_meanwhile(srv):
     decodes_before = metric(srv, "n_decode_total")
     results = [None, None]
-    threads = [threading.Thread(target=stream_chat, args=(srv, results, i)) for i in range(2)]
+    connecting = threading.Lock()       # one handshake at a time (test_stress says why)
+    threads = [threading.Thread(target=stream_chat, args=(srv, results, i, 40, connecting)) for i in range(2)]
     for t in threads:
         t.start()
     health = []
     while any(t.is_alive() for t in threads):
         t0 = time.monotonic()
-        health.append((request(srv, "GET", "/health")[0], time.monotonic() - t0))
+        health.append((request(srv, "GET", "/health", connecting=connecting)[0], time.monotonic() - t0))
         time.sleep(0.05)
     for r in results:
         assert isinstance(r, list), r

@@ -25,6 +25,11 @@
 #define TCP_OVERSIZE                TCP_MSS
 #define LWIP_TCP_KEEPALIVE          1
 
+// Every packet waiting for an address to resolve is kept, not only the latest (lwIP's default): just
+// after boot the gateway's MAC is unknown, and of the SYN-ACKs for a burst of first connections all
+// but one were dropped, to be retransmitted three seconds later.
+#define ARP_QUEUEING                1
+
 #define LWIP_NETIF_STATUS_CALLBACK  1
 #define LWIP_NETIF_LINK_CALLBACK    1
 

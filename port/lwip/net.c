@@ -216,9 +216,9 @@ void net_poll(void) {
 // waited at once, and a task that spins on a socket poll calls ready (modlwip: a socket whose
 // peer has closed is "writable", while its writes fail with EAGAIN until the peer acknowledges)
 // held the whole network still. So when no poll has run for STARVED_MS, the timer schedules one,
-// which MicroPython runs at the next branch of bytecode. Only then: a poll at every interrupt
-// took connections in while Python was busy, and data that comes before Python accepts is refused
-// (lwIP drops what follows it until the sender retransmits: seconds).
+// which MicroPython runs at the next branch of bytecode. Only then, not at every interrupt: that
+// takes connections in while Python is busy, and data that comes before Python accepts is
+// refused (lwIP drops the segments that follow refused data until the sender retransmits).
 #define STARVED_MS 20
 
 // The node stays queued across a soft reboot (mp_init keeps the scheduler's list of nodes).
