@@ -50,8 +50,9 @@ help:
 	@echo "  make run-image  boot $(IMAGE) with qemu-system-i386 -cdrom (serial console here, as run)"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
 	@echo "  make bench      cllm against Linux + llama.cpp's llama-server (stock and cllm's ggml build) in the same"
-	@echo "                  QEMU, BENCH_RUNS times each: boot, tokens/s, time to first token, /health rate, RAM,"
-	@echo "                  image size; prints the table, writes $(BUILD)/bench/compare.json and .png (bench/compare.py)"
+	@echo "                  QEMU, BENCH_RUNS times each, with 1 CPU and with SMP: boot, tokens/s, time to first token,"
+	@echo "                  /health rate, RAM, image size; prints the tables and what SMP CPUs bought each server,"
+	@echo "                  writes $(BUILD)/bench/compare.json and .png (bench/compare.py); SMP=1: one CPU only"
 	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
 	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel with SMP=1 and SMP CPUs vs. the same llama.cpp build under"
@@ -154,7 +155,7 @@ test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
 
 bench: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
-	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/compare.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/compare.py
 
 bench-boot: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py

@@ -6,11 +6,14 @@ llama-server from the same sdist in an initramfs, built twice — llama.cpp's st
 from what deleting the OS buys. Every server boots with the same qemu-system-i386 command line
 (tests/qemu.py: -cpu max, e1000 on a restrict=on user network, TCG) and the same model, context,
 slots and threads, one after the other, BENCH_RUNS times each; the table shows medians and the
-cllm/peer ratios. Also the same ggml build's llama-bench under qemu-i386 user mode, the emulator's
-ceiling for tokens/s. Raw numbers go to build/bench/compare.json, a chart to build/bench/compare.png.
+cllm/peer ratios. Each with one CPU and again with BENCH_SMP CPUs (multi-threaded TCG, one llama.cpp
+thread per CPU on both sides; a table per CPU count, then what the CPUs bought each server). Also the
+same ggml build's llama-bench under qemu-i386 user mode (as many threads), the emulator's ceiling for
+tokens/s. Raw numbers go to build/bench/compare.json, a chart to build/bench/compare.png.
 
     make bench                  (BENCH_RUNS=3 BENCH_GEN=128 BENCH_HEALTH=500 BENCH_PARAGRAPHS=5 of prompt;
-                                 BENCH_PEERS=same,stock; BENCH_CEILING=0 leaves out the user-mode run)
+                                 BENCH_PEERS=same,stock; BENCH_SMP (make's SMP)=the host's cores, 1: one CPU only;
+                                 BENCH_CEILING=0 leaves out the user-mode run)
     make bench BENCH_RUNS=1 BENCH_GEN=16 BENCH_PARAGRAPHS=1 BENCH_CEILING=0     a quick look (~5 min)
 """
 import glob
@@ -42,10 +45,16 @@ N_GEN = int(os.environ.get("BENCH_GEN", 128))
 N_HEALTH = int(os.environ.get("BENCH_HEALTH", 500))
 PEERS = os.environ.get("BENCH_PEERS", "same,stock").split(",")
 CEILING = os.environ.get("BENCH_CEILING", "1") == "1"
+SMPS = sorted({1, int(os.environ.get("BENCH_SMP") or os.cpu_count())})
 MEM = "1024M"       # the peer's initramfs holds the model, unpacked from a copy of itself
-N_CTX, SLOTS, THREADS = 2048, 1, 1
-CLLM_APPEND = f"n_ctx={N_CTX} parallel={SLOTS}"
-PEER_APPEND = f"console=ttyS0 quiet -- -c {N_CTX} -np {SLOTS} -t {THREADS} -tb {THREADS}"
+N_CTX, SLOTS = 2048, 1
+CLLM_APPEND = f"n_ctx={N_CTX} parallel={SLOTS}"         # cllm: one llama.cpp thread per CPU by default
+
+
+def peer_append(threads):
+    return f"console=ttyS0 quiet -- -c {N_CTX} -np {SLOTS} -t {threads} -tb {threads}"
+
+
 PARAGRAPH = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small lamp "
              "and a notebook in which he recorded the weather, the passing ships and the color of the sea. ")
 # 5 paragraphs: 200 tokens. The prompt ends mid-sentence, so that greedy SmolLM2 goes on retelling the
@@ -178,18 +187,23 @@ def size_mb(*paths):
 
 
 SERVERS = {
-    "cllm": (lambda **machine: Machine(KERNEL, MODEL, CLLM_APPEND, **machine), cllm_ram_mb,
+    "cllm": (lambda smp: Machine(KERNEL, MODEL, CLLM_APPEND, smp=smp), cllm_ram_mb,
              lambda: size_mb(os.path.join(os.path.dirname(KERNEL), "cllm-stripped.elf"), MODEL)),
 }
 for _peer in ("same", "stock"):
-    SERVERS["peer-" + _peer] = (lambda p=_peer, **machine: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), PEER_APPEND,
-                                                                   **machine),
+    SERVERS["peer-" + _peer] = (lambda smp, p=_peer: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), peer_append(smp),
+                                                             smp=smp),
                                 peer_ram_mb, lambda p=_peer: size_mb(PEER_KERNEL, PEER_INITRAMFS.format(p)))
 
 
-def one_run(name):
+def run_name(server, smp):
+    """The key of a server's runs: its name, with the CPU count when more than one."""
+    return server if smp == 1 else f"{server} smp{smp}"
+
+
+def one_run(name, smp):
     boot, ram, image = SERVERS[name]
-    m = boot()
+    m = boot(smp)
     try:
         r = {"boot_s": m.wait_ready()}
         r["ram_mb"] = ram(m)
@@ -201,9 +215,10 @@ def one_run(name):
         m.close()
 
 
-def user_mode_ceiling(n_prompt):
+def user_mode_ceiling(n_prompt, threads):
     r = subprocess.run(["qemu-i386", "-cpu", "max", LLAMA_BENCH, "-m", MODEL, "-p", str(n_prompt), "-n", str(N_GEN),
-                        "-t", "1", "-r", "1", "-o", "json"], capture_output=True, text=True, timeout=3600, check=True)
+                        "-t", str(threads), "-r", "1", "-o", "json"], capture_output=True, text=True, timeout=3600,
+                       check=True)
     rows = json.loads(r.stdout)
     return {"prompt_tps": next(row["avg_ts"] for row in rows if row["n_prompt"] and not row["n_gen"]),
             "gen_tps": next(row["avg_ts"] for row in rows if row["n_gen"] and not row["n_prompt"])}
@@ -215,12 +230,14 @@ def machine():
     return f"{os.cpu_count()}-core {cpu}, {platform.system()} {platform.release()}, {qemu}, TCG"
 
 
-def table(medians, ceiling):
-    names = [n for n in medians if n != "cllm"]
-    head = f"| | cllm | " + " | ".join(f"{n} | cllm/{n}" for n in names) + " |"
+def table(medians, ceiling, smp):
+    """cllm against each peer, all with smp CPUs."""
+    me = run_name("cllm", smp)
+    names = [n for n in medians if n != me]
+    head = f"| {smp} CPU{'s' if smp > 1 else ''} | {me} | " + " | ".join(f"{n} | cllm/{n}" for n in names) + " |"
     lines = [head, "|---" * (2 + 2 * len(names)) + "|"]
     for key, label, unit, _ in METRICS:
-        c = medians["cllm"][key]
+        c = medians[me][key]
         cells = [f"{label} ({unit})", f"{c:.3g}"]
         for n in names:
             p = medians[n][key]
@@ -228,21 +245,41 @@ def table(medians, ceiling):
         lines.append("| " + " | ".join(cells) + " |")
     if ceiling:
         for key, label in (("prompt_tps", "prompt tok/s"), ("gen_tps", "generated tok/s")):
-            c = medians["cllm"][key]
-            lines.append(f"| {label}, same build under qemu-i386 user mode | {c:.3g} | {ceiling[key]:.3g} | "
-                         f"{c / ceiling[key]:.2f}× |" + " |" * (2 * len(names) - 2))
+            c = medians[me][key]
+            lines.append(f"| {label}, same build under qemu-i386 user mode, -t {smp} | {c:.3g} | "
+                         f"{ceiling[key]:.3g} | {c / ceiling[key]:.2f}× |" + " |" * (2 * len(names) - 2))
     return "\n".join(lines)
 
 
-def targets(medians, ceiling):
-    """The issue's targets, as (text, met)."""
-    c = medians["cllm"]
+def speed_ups(medians, smp):
+    """What smp CPUs bought each server over one: prompt and generated tok/s."""
+    lines = [f"| {smp} CPUs against 1 | prompt tok/s | generated tok/s |", "|---|---|---|"]
+    for n in (n for n in medians if " " not in n):
+        many = medians[run_name(n, smp)]
+        lines.append(f"| {n} | {many['prompt_tps'] / medians[n]['prompt_tps']:.2f}× | "
+                     f"{many['gen_tps'] / medians[n]['gen_tps']:.2f}× |")
+    return "\n".join(lines)
+
+
+def targets(medians, ceiling, smp):
+    """The issues' targets (6: one CPU, 7: several), as (text, met)."""
+    me = run_name("cllm", smp)
+    c = medians[me]
     out = []
 
     def check(text, value, ok):
         out.append((f"{text}: {value:.2f}×", ok))
 
-    for n in (n for n in medians if n != "cllm"):
+    if smp > 1:
+        for key in ("prompt_tps", "gen_tps"):
+            ratio = c[key] / medians["cllm"][key]
+            check(f"{me} {key} ≥ 1.7× cllm", ratio, ratio >= 1.7)
+        if run_name("peer-same", smp) in medians:
+            p = medians[run_name("peer-same", smp)]
+            for key in ("prompt_tps", "gen_tps"):
+                check(f"{me} {key} ≥ 1.15× peer-same smp{smp}", c[key] / p[key], c[key] / p[key] >= 1.15)
+        return out
+    for n in (n for n in medians if n != me):
         p = medians[n]
         check(f"boot-to-ready ≤ 0.2× {n}", c["boot_s"] / p["boot_s"], c["boot_s"] / p["boot_s"] <= 0.2)
         want = 1.15 if n == "peer-same" else 3.0
@@ -265,8 +302,9 @@ def chart(medians, path):
     fig, axes = plt.subplots(3, 3, figsize=(12, 9))
     for ax, (key, label, unit, higher) in zip(axes.flat, METRICS):
         values = [medians[n][key] for n in names]
-        bars = ax.bar(names, values, color=["tab:green"] + ["tab:gray"] * (len(names) - 1))
+        bars = ax.bar(names, values, color=["tab:green" if n.startswith("cllm") else "tab:gray" for n in names])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(f"{label}\n({unit}, {'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.tick_params(labelsize=8)
     fig.suptitle(f"cllm vs. Linux + llama-server, SmolLM2-135M Q4_1, qemu-system-i386 TCG, "
@@ -277,30 +315,38 @@ def chart(medians, path):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    servers = ["cllm"] + ["peer-" + p for p in PEERS if p]
-    runs = {n: [] for n in servers}
+    servers = [(n, smp) for smp in SMPS for n in ["cllm"] + ["peer-" + p for p in PEERS if p]]
+    runs = {run_name(n, smp): [] for n, smp in servers}
     for i in range(RUNS):
-        for n in servers:       # interleaved, so every server sees the same machine load
-            r = one_run(n)
-            print(f"run {i + 1}/{RUNS} {n}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()
-                                                           if isinstance(v, float)), flush=True)
-            runs[n].append(r)
-    ceiling = user_mode_ceiling(runs["cllm"][0]["prompt_n"]) if CEILING else None
+        for n, smp in servers:      # interleaved, so every server sees the same machine load
+            r = one_run(n, smp)
+            print(f"run {i + 1}/{RUNS} {run_name(n, smp)}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()
+                                                                        if isinstance(v, float)), flush=True)
+            runs[run_name(n, smp)].append(r)
+    n_prompt = runs["cllm"][0]["prompt_n"]
+    ceiling = {smp: user_mode_ceiling(n_prompt, smp) for smp in SMPS} if CEILING else {}
     medians = {n: {k: statistics.median(r[k] for r in rs) for k, *_ in METRICS} for n, rs in runs.items()}
     when, where = time.strftime("%Y-%m-%d"), machine()
-    print(f"\nSmolLM2-135M-Instruct Q4_1, n_ctx {N_CTX}, {SLOTS} slot, {THREADS} thread, {MEM} RAM, "
+    print(f"\nSmolLM2-135M-Instruct Q4_1, n_ctx {N_CTX}, {SLOTS} slot, one llama.cpp thread per CPU, {MEM} RAM, "
           f"median of {RUNS}; {when}; {where}")
     print("prompt tokens, generated tokens: " + ", ".join(f"{n} {rs[0]['prompt_n']}, {rs[0]['gen_n']}"
-                                                          for n, rs in runs.items()) + "\n")
-    print(table(medians, ceiling))
-    print()
-    for text, ok in targets(medians, ceiling):
-        print(f"  {'met   ' if ok else 'MISSED'} {text}")
+                                                          for n, rs in runs.items()))
+    for smp in SMPS:
+        of_smp = {n: m for n, m in medians.items() if n == run_name(n.split()[0], smp)}
+        print()
+        print(table(of_smp, ceiling.get(smp), smp))
+        print()
+        for text, ok in targets(of_smp | ({"cllm": medians["cllm"]} if smp > 1 else {}), ceiling.get(smp), smp):
+            print(f"  {'met   ' if ok else 'MISSED'} {text}")
+        if smp > 1:
+            print()
+            print(speed_ups(medians, smp))
     with open(os.path.join(OUT, "compare.json"), "w") as f:
-        json.dump({"date": when, "machine": where, "runs": runs, "medians": medians, "user_mode_ceiling": ceiling,
-                   "settings": {"n_ctx": N_CTX, "slots": SLOTS, "threads": THREADS, "mem": MEM, "n_gen": N_GEN,
+        json.dump({"date": when, "machine": where, "runs": runs, "medians": medians,
+                   "user_mode_ceiling": {f"threads {smp}": c for smp, c in ceiling.items()},
+                   "settings": {"n_ctx": N_CTX, "slots": SLOTS, "smp": SMPS, "mem": MEM, "n_gen": N_GEN,
                                 "n_health": N_HEALTH, "prompt": PROMPT, "cllm_append": CLLM_APPEND,
-                                "peer_append": PEER_APPEND}}, f, indent=1)
+                                "peer_append": {smp: peer_append(smp) for smp in SMPS}}}, f, indent=1)
     chart(medians, os.path.join(OUT, "compare.png"))
     print(f"\nraw numbers: {os.path.relpath(os.path.join(OUT, 'compare.json'))}, "
           f"chart: {os.path.relpath(os.path.join(OUT, 'compare.png'))}")
