@@ -186,13 +186,13 @@ def size_mb(*paths):
     return sum(os.path.getsize(p) for p in paths) / 2**20
 
 
-SERVERS = {
-    "cllm": (lambda smp: Machine(KERNEL, MODEL, CLLM_APPEND, smp=smp), cllm_ram_mb,
+SERVERS = {      # name: (boot(smp, **qemu_command's options), RAM in use, image size)
+    "cllm": (lambda smp=1, **machine: Machine(KERNEL, MODEL, CLLM_APPEND, smp=smp, **machine), cllm_ram_mb,
              lambda: size_mb(os.path.join(os.path.dirname(KERNEL), "cllm-stripped.elf"), MODEL)),
 }
 for _peer in ("same", "stock"):
-    SERVERS["peer-" + _peer] = (lambda smp, p=_peer: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), peer_append(smp),
-                                                             smp=smp),
+    SERVERS["peer-" + _peer] = (lambda smp=1, p=_peer, **machine: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p),
+                                                                          peer_append(smp), smp=smp, **machine),
                                 peer_ram_mb, lambda p=_peer: size_mb(PEER_KERNEL, PEER_INITRAMFS.format(p)))
 
 

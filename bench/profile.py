@@ -3,9 +3,9 @@ second) while one of bench/compare.py's workloads runs, and name the function ea
 (cllm: the kernel's symbols; the peer: llama-server's, and "linux" for any kernel address: Debian keeps
 the real System.map in a -dbg package). A sample taken while the CPU sits in `hlt` is "(halted)": time
 spent waiting for QEMU's network or timers, not computing. Each sample stops the vCPU briefly: use the
-shares, not the rates.
+shares, not the rates. With SMP CPUs, every CPU is sampled each time and shown on its own.
 
-    python bench/profile.py cllm|peer-same|peer-stock health|completion     (after `make bench`)
+    python bench/profile.py cllm|peer-same|peer-stock health|completion [SMP]     (after `make bench`)
 """
 import bisect
 import collections
@@ -39,20 +39,23 @@ def symbols(server):
 
 def main():
     server, work = sys.argv[1], sys.argv[2]
+    smp = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     syms = symbols(server)
     starts = [a for a, _ in syms]
     path = f"/tmp/cllm-profile-{os.getpid()}.sock"
-    m = compare.SERVERS[server][0](monitor=f"unix:{path},server=on,wait=off")
-    samples, done = collections.Counter(), threading.Event()
+    m = compare.SERVERS[server][0](smp, monitor=f"unix:{path},server=on,wait=off")
+    samples, done = [collections.Counter() for _ in range(smp)], threading.Event()
     try:
         print(f"{server}: /health 200 after {m.wait_ready():.1f} s", flush=True)
         mon = Monitor(path)
 
         def sample():
             while not done.is_set():
-                regs = mon.command("info registers")
-                i = bisect.bisect_right(starts, int(re.search(rb"EIP=([0-9a-f]+)", regs).group(1), 16)) - 1
-                samples["(halted)" if b"HLT=1" in regs else syms[i][1] if i >= 0 else "?"] += 1
+                # every CPU's registers, each block after its "CPU#n" line
+                blocks = re.split(rb"CPU#\d+", mon.command("info registers -a"))[-smp:]
+                for cpu, regs in enumerate(blocks):
+                    i = bisect.bisect_right(starts, int(re.search(rb"EIP=([0-9a-f]+)", regs).group(1), 16)) - 1
+                    samples[cpu]["(halted)" if b"HLT=1" in regs else syms[i][1] if i >= 0 else "?"] += 1
                 time.sleep(0.002)
 
         sampler = threading.Thread(target=sample)
@@ -61,10 +64,11 @@ def main():
         done.set()
         sampler.join()
         print({k: v for k, v in result.items() if k != "text"})
-        n = sum(samples.values())
-        print(f"{n} EIP samples")
-        for name, count in samples.most_common(30):
-            print(f"  {100 * count / n:5.1f}%  {name}")
+        for cpu, of_cpu in enumerate(samples):
+            n = sum(of_cpu.values())
+            print(f"CPU {cpu}: {n} EIP samples")
+            for name, count in of_cpu.most_common(30 if smp == 1 else 15):
+                print(f"  {100 * count / n:5.1f}%  {name}")
     finally:
         m.close()
         if os.path.exists(path):
