@@ -11,30 +11,21 @@ import bisect
 import collections
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
-from qemu import Monitor  # noqa: E402
+from qemu import Monitor, kernel_symbols  # noqa: E402
 
 
 def symbols(server):
     """Sorted (address, name) of the code the guest runs."""
     if server == "cllm":
-        files = [compare.KERNEL]
-    else:
-        files = [os.path.join(compare.BUILD, "llama", server, "bin", "llama-server")]
-    out = []
-    for f in files:
-        nm = subprocess.run(["nm", "-n", "-C", f], capture_output=True, text=True, check=True).stdout
-        out += [(int(a, 16), name) for a, kind, name in (l.split(" ", 2) for l in nm.splitlines() if l[:1] != " ")
-                if kind in "tTwW"]
-    if server != "cllm":
-        out.append((0xc0000000, "linux"))        # the i386 kernel's half of the address space
-    return sorted(out)
+        return kernel_symbols(compare.KERNEL)
+    out = kernel_symbols(os.path.join(compare.BUILD, "llama", server, "bin", "llama-server"))
+    return sorted(out + [(0xc0000000, "linux")])     # the i386 kernel's half of the address space
 
 
 def main():

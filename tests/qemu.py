@@ -216,7 +216,7 @@ class Monitor:
 
 
 def kernel_symbols(kernel=KERNEL):
-    """Sorted (address, name) of the kernel's functions."""
+    """Sorted (address, name) of the functions of the kernel (or any other ELF file)."""
     out = subprocess.run(["nm", "-n", "-C", kernel], capture_output=True, text=True, check=True).stdout
     return sorted((int(a, 16), n) for a, k, n in (l.split(" ", 2) for l in out.splitlines() if l[:1] != " ")
                   if k in "tTwW")

@@ -75,6 +75,10 @@ asyncio.run(main())
 """
 
 
+# Guest code that returns once DHCP has given the guest its address (lan: the interface).
+WAIT_FOR_LEASE = "import network, time\nlan = network.LAN()\nwhile not lan.isconnected():\n    time.sleep_ms(2)\n"
+
+
 @pytest.fixture(scope="module")
 def net():
     tcp, udp = free_port(), free_port(socket.SOCK_DGRAM)
@@ -179,12 +183,8 @@ def _read_all(s, got, n, failed):
 
 
 def test_dhcp_lease_within_2s_of_boot(net):
-    out, err = net.raw_exec(
-        "import network, time\n"
-        "lan = network.LAN()\n"
-        "while not lan.isconnected():\n"
-        "    time.sleep_ms(2)\n"
-        "print(time.ticks_ms(), lan.ipconfig('addr4')[0], lan.config('address_source'), lan.status())")
+    out, err = net.raw_exec(WAIT_FOR_LEASE + "print(time.ticks_ms(), lan.ipconfig('addr4')[0], "
+                            "lan.config('address_source'), lan.status())")
     assert err == b"", err
     ms, addr, source, status = out.decode().split()
     assert int(ms) < 2000, f"lease after {ms} ms of boot"
@@ -300,10 +300,7 @@ def test_connections_that_come_before_the_peer_is_resolved_are_all_answered():
     port = free_port()
     with Guest(hostfwd=[f"tcp:127.0.0.1:{port}-:80"]) as g:
         g.wait_prompt()
-        out, err = g.raw_exec("import network, socket, time\n"
-                              "while not network.LAN().isconnected():\n"
-                              "    time.sleep_ms(2)\n"
-                              "l = socket.socket(); l.bind(('0.0.0.0', 80)); l.listen(4)")
+        out, err = g.raw_exec(WAIT_FOR_LEASE + "import socket; l = socket.socket(); l.bind(('0.0.0.0', 80)); l.listen(4)")
         assert err == b"", err
         # a computation in C reads no frame: both SYNs are taken in by one poll after it
         g.send(b"sum(range(3_000_000))\r")
