@@ -16,6 +16,7 @@
 struct kernel_info kernel;
 
 void cpu_init(void);
+void cpu_grow_tlb(void);
 extern void _start(void);
 extern const Elf32_Ehdr __ehdr_start;
 extern uint8_t _end[], boot_stack[BOOT_STACK_SIZE];
@@ -208,6 +209,7 @@ uint32_t boot_main(uint32_t magic, const struct multiboot_info *mbi) {
     // After GRUB or on real hardware, free memory may hold anything.
     int fresh = (mbi->flags & (1u << 9)) && mbi->boot_loader_name && kstr_eq((const char *)mbi->boot_loader_name, "qemu");
     mem_init(kernel.free_start, kernel.free_end, fresh);
+    cpu_grow_tlb();
 
     clock_init();
     return build_initial_stack();

@@ -22,6 +22,7 @@ static volatile int ap_boot_cpu;
 
 extern const uint8_t ap_trampoline[], ap_trampoline_gdtr[], ap_trampoline_end[];
 void cpu_init(void);
+void cpu_grow_tlb(void);
 
 void lapic_enable(int bsp) {
     if (!bsp) {
@@ -58,6 +59,7 @@ void ap_main(void) {
     idt_load();
     lapic_enable(0);
     __atomic_store_n(&cpus[i].state, CPU_IDLE, __ATOMIC_RELEASE);
+    cpu_grow_tlb();     // once reported in: the BSP gives a starting CPU 200 ms for that
     cpu_idle_loop();
 }
 
