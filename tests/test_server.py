@@ -550,6 +550,37 @@ def test_slow_senders_and_header_limits(srv):
     assert request(srv, "GET", "/health") == (200, {"status": "ok"})
 
 
+def test_request_heads_however_they_come(srv):
+    """The server reads a request's head into one buffer and parses it in one pass: split across
+    segments, with the body in the same segment, with bare LF line ends or names in any case, it is
+    the same request; a malformed header or Content-Length is a 400."""
+    tokens = request(srv, "POST", "/tokenize", {"content": "Hello world"})[1]
+    body = json.dumps({"content": "Hello world"}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, byte in enumerate(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"):
+            s.sendall(bytes([byte]))                # a segment per byte (give the guest time to read some)
+            if i % 8 == 0:
+                time.sleep(0.02)
+        assert s.recv(4096).startswith(b"HTTP/1.0 200")
+    one_segment = b"POST /tokenize HTTP/1.1\r\nhost: x\r\ncontent-LENGTH: %d\r\n\r\n%s" % (len(body), body)
+    out = raw_exchange(srv, one_segment)
+    assert out.startswith(b"HTTP/1.0 200") and json.loads(out.split(b"\r\n\r\n", 1)[1]) == tokens, out
+    out = raw_exchange(srv, b"POST /tokenize HTTP/1.1\nContent-Length: %d\n\n%s" % (len(body), body))
+    assert out.startswith(b"HTTP/1.0 200") and json.loads(out.split(b"\r\n\r\n", 1)[1]) == tokens, out
+    for bad in (b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n", b"POST /tokenize HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+                b"POST /tokenize HTTP/1.1\r\nContent-Length: -5\r\n\r\n{}",
+                b"GET /health\r\n\r\n"):
+        out = raw_exchange(srv, bad)
+        assert out.startswith(b"HTTP/1.0 400") and json.loads(out.split(b"\r\n\r\n", 1)[1])["error"]["code"] == 400, out
+    # a client that sends part of a head and closes gets the request it sent, as with microdot's parser
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x")
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(4096).startswith(b"HTTP/1.0 200")
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+
+
 def metric(srv, name):
     text = request(srv, "GET", "/metrics")[1]
     return float(re.search(r"^llamacpp:%s (\S+)$" % name, text, re.M).group(1))
