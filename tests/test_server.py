@@ -568,7 +568,8 @@ def test_request_heads_however_they_come(srv):
     assert out.startswith(b"HTTP/1.0 200") and json.loads(out.split(b"\r\n\r\n", 1)[1]) == tokens, out
     out = raw_exchange(srv, b"POST /tokenize HTTP/1.1\nContent-Length: %d\n\n%s" % (len(body), body))
     assert out.startswith(b"HTTP/1.0 200") and json.loads(out.split(b"\r\n\r\n", 1)[1]) == tokens, out
-    for bad in (b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n", b"POST /tokenize HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+    for bad in (b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n",
+                b"POST /tokenize HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
                 b"POST /tokenize HTTP/1.1\r\nContent-Length: -5\r\n\r\n{}",
                 b"GET /health\r\n\r\n"):
         out = raw_exchange(srv, bad)
