@@ -15,8 +15,6 @@
 
 struct kernel_info kernel;
 
-void cpu_init(void);
-void cpu_grow_tlb(void);
 extern void _start(void);
 extern const Elf32_Ehdr __ehdr_start;
 extern uint8_t _end[], boot_stack[BOOT_STACK_SIZE];

@@ -21,8 +21,6 @@ volatile uint32_t ap_boot_esp;      // read by ap_entry32 in smp_entry.S
 static volatile int ap_boot_cpu;
 
 extern const uint8_t ap_trampoline[], ap_trampoline_gdtr[], ap_trampoline_end[];
-void cpu_init(void);
-void cpu_grow_tlb(void);
 
 void lapic_enable(int bsp) {
     if (!bsp) {
