@@ -19,6 +19,7 @@
 #include "port/drivers/clock.h"
 #include "modules/llm/llm.h"
 #include "port/lwip/net.h"
+#include "port/qstrindex.h"
 #include "extmod/modnetwork.h"
 
 #define MIB (1024u * 1024u)
@@ -95,6 +96,7 @@ int main(int argc, char **argv) {
     llm_cpu_variant_select();
     net_init();
 
+    qstr_index_init();
     mp_stack_ctrl_init();
     mp_stack_set_limit(BOOT_STACK_SIZE - 256 * 1024);
 

@@ -59,6 +59,7 @@ $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o)): CFLAGS += -ffreestanding -fno-bui
 SRC_C += \
 	port/main.c \
 	port/mphalport.c \
+	port/qstrindex.c \
 	modules/kernel/modkernel.c \
 	shared/readline/readline.c \
 	shared/runtime/gchelper_generic.c \
@@ -97,6 +98,9 @@ LIBS = $(LLAMA_LIBS) -lstdc++ -lm
 # against and which write past the smaller listen pcb: route its calls through port/lwip/net.c,
 # as tcp_write's (to count the writes that find no memory).
 LDFLAGS += -Wl,--wrap=tcp_err -Wl,--wrap=tcp_recv -Wl,--wrap=tcp_write
+# MicroPython's qstr lookups from outside qstr.c go through a hash index over the qstrs in ROM
+# (port/qstrindex.c): making a str looks it up among the qstrs, which scanned ~220 of them each time.
+LDFLAGS += -Wl,--wrap=qstr_find_strn -Wl,--wrap=qstr_from_strn
 
 all: $(BUILD)/cllm.elf
 
