@@ -673,6 +673,17 @@ def test_repl_live_while_serving(srv):
     stats = guest_value(srv, "server.stats()")
     assert stats["state"] == "ready" and stats["requests"] > 0 and stats["heap_free"] > 0
     assert request(srv, "GET", "/health")[0] == 200
+    # routes added while serving: a fixed path, then one with a <part> (the server's route table
+    # for fixed paths gives way to microdot's matching), with 404 and 405 as before
+    repl(srv, "app.route('/hello')(lambda req: 'hi')")
+    assert request(srv, "GET", "/hello") == (200, "hi")
+    assert request(srv, "POST", "/hello", {})[0] == 405
+    repl(srv, "app.route('/echo/<word>')(lambda req, word: {'word': word})")
+    assert request(srv, "GET", "/echo/abc") == (200, {"word": "abc"})
+    assert request(srv, "GET", "/hello") == (200, "hi")
+    assert request(srv, "GET", "/echo")[0] == 404
+    assert request(srv, "GET", "/completion")[0] == 405
+    assert request(srv, "GET", "/health")[0] == 200
 
 
 def test_api_key_and_full_queue(model):
