@@ -111,6 +111,7 @@ class Server(Microdot):
 
     BACKLOG = 32
     WATCH_MS = 250
+    SPECIAL = "<>.^$*+?{}[]\\|()"      # in a route's pattern: more than a fixed path (find_route)
 
     def __init__(self):
         super().__init__()
@@ -174,8 +175,6 @@ class Server(Microdot):
                 return None
             routes.setdefault(path, []).append((methods, handler, prefix, subapp))
         return routes
-
-    SPECIAL = "<>.^$*+?{}[]\\|()"
 
     async def handle_request(self, reader, writer):
         incoming = RequestReader(reader, settings.max_headers + 2)  # + request line, blank line
