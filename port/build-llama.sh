@@ -27,12 +27,7 @@ common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGG
         -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_CCACHE=ON
         -DCMAKE_C_COMPILER=gcc -DCMAKE_CXX_COMPILER=g++
         -DCMAKE_EXE_LINKER_FLAGS="-m32 -static -no-pie")
-# No frame pointer (GCC's default at -O3): an i386 function has six free registers with one and
-# seven without, and ggml's Q4_1 dot product reloaded a pointer from the stack for every pair of
-# weights with one; TCG pays for each memory access (a software TLB lookup): prompts +8-17 %.
-# The kernel's own C keeps frame pointers for the panic dump's backtrace; from a fault inside
-# llama.cpp only the faulting address is sure (EBP is then any register; the walk is a guess).
-sse2_flags="-m32 -msse2 -mfpmath=sse -fno-pie"
+sse2_flags="-m32 -msse2 -mfpmath=sse -fno-pie -fno-omit-frame-pointer"
 sse2_options=(-DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF)
 flags=$sse2_flags
 
