@@ -84,7 +84,7 @@ INC += -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(LLAMA_SRC)/common 
 CXXFLAGS += $(filter-out -std=gnu11,$(CFLAGS)) -std=gnu++17 -fexceptions
 LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, sse2/common/libllama-common.a sse2/common/libllama-common-base.a \
 	sse2/src/libllama.a sse2/ggml/src/libggml.a \
-	libggml-cpu-sse2.a libggml-cpu-avx2.a sse2/ggml/src/libggml-base.a)
+	libggml-cpu-sse2.a libggml-cpu-avx2.a libggml-base-paged.a)
 
 SRC_QSTR += $(SRC_C) $(SRC_CXX)
 
