@@ -722,3 +722,35 @@ def test_api_key_and_full_queue(model):
         assert client.completions.create(model="tiny", prompt="x", max_tokens=2).usage.completion_tokens >= 1
     finally:
         g.close()
+
+
+STREAM_WRITES = """
+import asyncio
+from cllm import api
+from microdot import Response
+class W:
+    writes = []
+    async def awrite(self, data):
+        W.writes.append(data)
+class Events:
+    def __init__(self):
+        self.left = [b"data: 1\\n\\n", b"data: 2\\n\\n"]
+    def __aiter__(self):
+        return self
+    async def __anext__(self):
+        if not self.left:
+            raise StopAsyncIteration
+        return self.left.pop(0)
+asyncio.create_task(api.write_response(Response(Events(), 200, {"Content-Type": "text/event-stream"}), W()))
+"""
+
+
+def test_a_stream_sends_its_head_in_one_write(srv):
+    """microdot writes a streamed response's status line and each header line on their own, and each
+    became a TCP segment of its own; the server hands them to the socket as one write."""
+    repl(srv, "exec(%r)" % STREAM_WRITES)
+    writes = guest_value(srv, "W.writes")
+    assert len(writes) == 3, writes
+    assert writes[0].startswith(b"HTTP/1.0 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n")
+    assert b"Content-Type: text/event-stream\r\n" in writes[0]
+    assert writes[1:] == [b"data: 1\n\n", b"data: 2\n\n"]

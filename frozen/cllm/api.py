@@ -214,10 +214,10 @@ class Server(Microdot):
 async def write_response(res, writer):
     """res.write(writer), in one write when the body is bytes (every JSON answer, the page): microdot
     awaits a write per header line, and each became a TCP segment of its own through lwIP, the NIC and
-    QEMU's network. Streams (SSE) keep microdot's loop."""
+    QEMU's network. Streams (SSE) keep microdot's loop, with the head in one write (OneHead)."""
     res.complete()
     if not isinstance(res.body, bytes):
-        return await res.write(writer)
+        return await res.write(OneHead(writer))
     reason = res.reason if res.reason is not None else ("OK" if res.status_code == 200 else "N/A")
     parts = ["HTTP/1.0 {} {}\r\n".format(res.status_code, reason)]
     for header, value in res.headers.items():
@@ -226,6 +226,24 @@ async def write_response(res, writer):
     parts.append("\r\n")
     data = "".join(parts).encode()
     await writer.awrite(data if res.is_head else data + res.body)
+
+
+class OneHead:
+    """The writer microdot's Response.write gets for a stream: the status line and headers, which it
+    writes a line at a time, go out as one write with the blank line that ends them; the body's
+    pieces (Server-Sent Events) as they come."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.head = b""
+
+    async def awrite(self, data):
+        if self.head is not None:
+            self.head += data
+            if data != b"\r\n":
+                return
+            data, self.head = self.head, None
+        await self.writer.awrite(data)
 
 
 async def close(writer):
