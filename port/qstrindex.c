@@ -19,7 +19,7 @@
 
 extern const qstr_pool_t MICROPY_QSTR_EXTRA_POOL;   // the newest pool in ROM (the frozen code's)
 
-static struct {
+static struct slot {
     const char *str;                // NULL: an empty slot
     qstr_len_t len;
     qstr q;
@@ -58,10 +58,7 @@ size_t qstr_index_init(void) {
             while (slots[i & (INDEX_SIZE - 1)].str) {
                 i++;
             }
-            i &= INDEX_SIZE - 1;
-            slots[i].str = str;
-            slots[i].len = len;
-            slots[i].q = pool->total_prev_len + at;
+            slots[i & (INDEX_SIZE - 1)] = (struct slot){str, len, pool->total_prev_len + at};
             indexed++;
         }
     }
@@ -95,12 +92,12 @@ qstr __wrap_qstr_find_strn(const char *str, size_t len) {
     }
     // Those in ROM, through the index.
     for (uint32_t i = hash_of(str, len);; i++) {
-        const char *s = slots[i & (INDEX_SIZE - 1)].str;
-        if (!s) {
+        const struct slot *slot = &slots[i & (INDEX_SIZE - 1)];
+        if (!slot->str) {
             return MP_QSTRnull;
         }
-        if (slots[i & (INDEX_SIZE - 1)].len == len && memcmp(s, str, len) == 0) {
-            return slots[i & (INDEX_SIZE - 1)].q;
+        if (slot->len == len && memcmp(slot->str, str, len) == 0) {
+            return slot->q;
         }
     }
 }

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from qemu import Guest
+from qemu import KERNEL, Guest
 from tinymodel import ROOT, make_tiny_model, vocab_path
 
 LLAMA_BIN = os.path.join(ROOT, "build", "llama", "sse2", "bin")
@@ -331,7 +331,6 @@ def test_no_small_ggml_function_straddles_a_page():
     crosses a page takes a hash lookup each time round (ggml's Q4_1 dot product placed across one
     ran prompts 12 % slower). The SSE2 backend and ggml-base are linked so that no function of theirs
     smaller than a page crosses one (port/build-llama.sh, paged)."""
-    from qemu import KERNEL
     out = subprocess.run(["nm", "-S", "--defined-only", KERNEL], capture_output=True, text=True, check=True).stdout
     small = {}
     for line in out.splitlines():
