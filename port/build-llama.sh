@@ -32,7 +32,7 @@ common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGG
 # No frame pointer (GCC's default at -O3): an i386 function has six free registers with one and
 # seven without, and ggml's Q4_1 dot product reloaded a pointer from the stack for every pair of
 # weights with one; TCG pays a software TLB lookup for each memory access. A section per function,
-# so the kernel can keep each small ggml function inside one page (paged below).
+# so the kernel can keep each small ggml function inside one page (port/paged.sh).
 sse2_flags="-m32 -msse2 -mfpmath=sse -fno-pie -ffunction-sections"
 sse2_options=(-DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF)
 flags=$sse2_flags
@@ -70,24 +70,6 @@ prefixed() {    # variant
     objcopy --redefine-syms="$out/$1/prefix.map" "$lib" "$out/libggml-cpu-$1.a"
 }
 
-# The archive with each function smaller than a page aligned to the power of two at or above its
-# size, so that no such function straddles a 4 KiB page. QEMU's TCG chains translated blocks
-# directly only within a guest page: a loop whose body crosses one goes through a hash lookup on
-# every iteration (ggml's Q4_1 dot product placed across a page boundary ran prompts 12 % slower).
-paged() {   # archive out
-    local args
-    args=$(readelf -SW "$1" | awk '
-        function hex(h,   i, v) { v = 0; for (i = 1; i <= length(h); i++) v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1; return v }
-        sub(/^ *\[ *[0-9]+\] +/, "") && $1 ~ /^\.text\./ && $2 == "PROGBITS" {
-            size = hex($5); al = 1
-            while (al < size) al *= 2
-            if (size > 0 && al <= 4096 && al > $NF && al > want[$1]) want[$1] = al
-        }
-        END { for (s in want) print "--set-section-alignment " s "=" want[s] }')
-    # shellcheck disable=SC2086   # one argument per word
-    objcopy $args "$1" "$2"
-}
-
 if [[ $what == peer ]]; then
     build peer-same llama-server -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
     flags="-m32"
@@ -99,6 +81,7 @@ build sse2 llama ggml llama-common llama-simple llama-tokenize llama-bench -- "$
 build avx2 ggml-cpu -- -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 prefixed sse2
 prefixed avx2
-paged "$out/libggml-cpu-sse2.a" "$out/libggml-cpu-sse2.a"
-paged "$out/sse2/ggml/src/libggml-base.a" "$out/libggml-base-paged.a"
+# no small function of the SSE2 backend or ggml-base across a page (port/paged.sh)
+"$(dirname "$0")/paged.sh" "$out/libggml-cpu-sse2.a" "$out/libggml-cpu-sse2.a"
+"$(dirname "$0")/paged.sh" "$out/sse2/ggml/src/libggml-base.a" "$out/libggml-base-paged.a"
 echo "llama.cpp: $out/libggml-cpu-sse2.a, $out/libggml-cpu-avx2.a and $out/libggml-base-paged.a ready"

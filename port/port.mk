@@ -92,6 +92,14 @@ OBJ += $(PY_O)
 OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o) $(SRC_CXX:.cpp=.o))
 OBJ += $(KERNEL_OBJ)
 
+# What the kernel links: each object with no function under a page across a page (port/paged.sh;
+# TCG chains translated blocks only within a page). The interpreter's own small functions -
+# mp_binary_op, str.split, lwIP's tcp_write among them - were up to then wherever the link put them.
+PAGED_OBJ = $(patsubst $(BUILD)/%,$(BUILD)/paged/%,$(OBJ))
+$(BUILD)/paged/%.o: $(BUILD)/%.o port/paged.sh
+	$(Q)mkdir -p $(@D)
+	$(Q)port/paged.sh $< $@
+
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
 LIBS = $(LLAMA_LIBS) -lstdc++ -lm
 # extmod/modlwip.c sets err and recv callbacks on listening pcbs too, which lwIP 2.2 asserts
@@ -117,9 +125,9 @@ $(BUILD)/kernel.ld: port/port.mk
 
 # Two links: the second carries the symbol table the panic dump uses for backtraces. It sits
 # in .rodata, after .text, so function addresses cannot move; ksyms.py checks that they did not.
-$(BUILD)/cllm-nosyms.elf: $(OBJ) $(BUILD)/kernel.ld $(LLAMA_LIBS)
+$(BUILD)/cllm-nosyms.elf: $(PAGED_OBJ) $(BUILD)/kernel.ld $(LLAMA_LIBS)
 	$(ECHO) "LINK $@"
-	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(LIBS)
+	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(PAGED_OBJ) $(LIBS)
 
 $(BUILD)/ksyms.S: $(BUILD)/cllm-nosyms.elf port/ksyms.py
 	$(Q)python3 port/ksyms.py generate $< $@
@@ -129,7 +137,7 @@ $(BUILD)/ksyms.o: $(BUILD)/ksyms.S
 
 $(BUILD)/cllm.elf: $(BUILD)/cllm-nosyms.elf $(BUILD)/ksyms.o
 	$(ECHO) "LINK $@"
-	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(OBJ) $(BUILD)/ksyms.o $(LIBS)
+	$(Q)$(CXX) $(LDFLAGS) -Wl,-Map=$(@:.elf=.map) -o $@ $(PAGED_OBJ) $(BUILD)/ksyms.o $(LIBS)
 	$(Q)python3 port/ksyms.py check $(BUILD)/cllm-nosyms.elf $@
 	$(Q)strip -o $(BUILD)/cllm-stripped.elf $@
 	$(Q)echo "kernel: $@ ($$(stat -c %s $(BUILD)/cllm-stripped.elf) bytes stripped)"
