@@ -2,6 +2,7 @@
 itself, built from the same sdist with the same ggml flags and run natively on the host."""
 import ast
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -352,6 +353,25 @@ def test_no_small_ggml_function_straddles_a_page():
         ggml[name] = small[name]
     assert len(ggml) > 300
     assert straddling(ggml) == []
+
+
+PACKED_SSE = re.compile(r"\s(padd|psub|pmul|pmadd|punpck|pack|pcmp|pshuf|psrl|psll|psra|mulps|addps|subps|divps"
+                        r"|cvtdq2ps|cvtps2dq|cvttps2dq)[a-z]*\s")
+
+
+def test_the_sse2_backend_is_not_auto_vectorised():
+    """TCG runs packed SSE arithmetic through helper calls and scalar code faster: the SSE2 backend is
+    built with -fno-tree-vectorize (port/build-llama.sh; generation 11 % faster). Loops GCC vectorises
+    at -O3 - a row scaled, floats to bfloat16 and back - stay scalar in the linked kernel (with
+    vectorisation they held 115, 27 and 4 packed instructions)."""
+    small = small_functions()
+    for name in ("sse2_ggml_compute_forward_scale", "sse2_ggml_cpu_fp32_to_bf16", "sse2_ggml_cpu_bf16_to_fp32"):
+        start, size = small[name]
+        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={start:#x}",
+                               f"--stop-address={start + size:#x}", KERNEL],
+                              capture_output=True, text=True, check=True).stdout
+        assert len(code.splitlines()) > 20, name
+        assert PACKED_SSE.findall(code) == [], name
 
 
 def test_no_small_interpreter_or_network_function_straddles_a_page():
