@@ -355,6 +355,16 @@ def test_no_small_ggml_function_straddles_a_page():
     assert straddling(ggml) == []
 
 
+def test_no_small_interpreter_or_network_function_straddles_a_page():
+    """The same for the kernel's own objects - MicroPython, lwIP, the port - which serve every request
+    (port.mk links them through port/paged.sh): linked as they fell, 38 of these crossed a page,
+    mp_binary_op, ip4_input and tcp_output among them."""
+    ours = {name: at for name, at in small_functions().items()
+            if name.startswith(("mp_", "gc_", "qstr", "tcp_", "ip4_", "pbuf_", "e1000_", "net_"))}
+    assert len(ours) > 600
+    assert straddling(ours) == []
+
+
 PACKED_SSE = re.compile(r"\s(padd|psub|pmul|pmadd|punpck|pack|pcmp|pshuf|psrl|psll|psra|mulps|addps|subps|divps"
                         r"|cvtdq2ps|cvtps2dq|cvttps2dq)[a-z]*\s")
 
@@ -372,13 +382,3 @@ def test_the_sse2_backend_is_not_auto_vectorised():
                               capture_output=True, text=True, check=True).stdout
         assert len(code.splitlines()) > 20, name
         assert PACKED_SSE.findall(code) == [], name
-
-
-def test_no_small_interpreter_or_network_function_straddles_a_page():
-    """The same for the kernel's own objects - MicroPython, lwIP, the port - which serve every request
-    (port.mk links them through port/paged.sh): linked as they fell, 38 of these crossed a page,
-    mp_binary_op, ip4_input and tcp_output among them."""
-    ours = {name: at for name, at in small_functions().items()
-            if name.startswith(("mp_", "gc_", "qstr", "tcp_", "ip4_", "pbuf_", "e1000_", "net_"))}
-    assert len(ours) > 600
-    assert straddling(ours) == []
