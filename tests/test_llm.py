@@ -1,6 +1,7 @@
 """llama.cpp inside the kernel: the llm module against tiny GGUFs (fast) and against llama.cpp
 itself, built from the same sdist with the same ggml flags and run natively on the host."""
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -327,8 +328,9 @@ print(llm.cpu_variant(), len(toks), np.max(abs(m.logits())) < 1e6)
         assert out.split() == ["avx2", "4", "True"]
 
 
+@functools.cache
 def small_functions():
-    """name -> (address, size) of the kernel's functions of at most a page."""
+    """name -> (address, size) of the kernel's functions of at most a page (nm once for the tests below)."""
     out = subprocess.run(["nm", "-S", "--defined-only", KERNEL], capture_output=True, text=True, check=True).stdout
     small = {}
     for line in out.splitlines():
