@@ -212,6 +212,21 @@ print(repr(b''.join(yes_no)))
     assert text in (b"yes.", b"no.")
 
 
+def test_flash_attn_is_a_real_switch(g):
+    # llama-server's --flash-attn: auto picks flash attention on the CPU; off is the other
+    # arithmetic (KQ, softmax, KQV as separate ops), the same logits to within rounding.
+    out = run(g, """
+r = {}
+for fa in ('on', 'off', 'auto'):
+    f = llm.Model('/tiny.gguf', n_ctx=64, n_seq=1, flash_attn=fa)
+    f.decode(f.tokenize('Once upon a time there was'))
+    r[fa] = list(f.logits(0))
+    f.close()
+print(r['auto'] == r['on'], r['off'] != r['on'], max(abs(a - b) for a, b in zip(r['on'], r['off'])))
+""").split()
+    assert out[:2] == ["True", "True"] and float(out[2]) < 0.02
+
+
 @pytest.mark.parametrize("code, error", [
     ("llm.Model('/missing.gguf')", "OSError"),
     ("llm.Model('/notes.gguf')", "ValueError: cannot load /notes.gguf"),
@@ -222,6 +237,7 @@ print(repr(b''.join(yes_no)))
     ("m.decode([-1])", "ValueError: token id -1 out of range"),
     ("m.decode([1], 5)", "ValueError: seq_id 5 out of range"),
     ("llm.Model('/tiny.gguf', n_ctx=1 << 30)", "MemoryError"),
+    ("llm.Model('/tiny.gguf', flash_attn='yes')", "ValueError: flash_attn=yes: need 'on', 'off' or 'auto'"),
     ("llm.Sampler(m, grammar='root ::= (')", "ValueError: invalid grammar"),
     ("m.logits(1)", "ValueError: sequence 1 has no logits"),
     ("m.probs(0, -1)", "ValueError: n must be >= 0"),

@@ -3,6 +3,7 @@
     model=/name.gguf  the boot module to serve (default: the first *.gguf module)
     n_ctx=2048        KV cache cells, shared by the slots; each slot gets n_ctx // parallel
     parallel=2        slots: requests generated at the same time
+    flash_attn=auto   llama.cpp's flash attention: on, off or auto (llama-server's --flash-attn)
     n_predict=-1      default generation limit (-1: until end of generation or the slot is full)
     queue=8           requests that may wait for a slot; beyond that 503
     api_key=...       require `Authorization: Bearer ...` on every route but /health
@@ -22,6 +23,7 @@ DEFAULTS = {
     "model": None,
     "n_ctx": 2048,
     "parallel": 2,
+    "flash_attn": "auto",
     "n_predict": -1,
     "queue": 8,
     "api_key": None,

@@ -94,8 +94,10 @@ class Task:
         self.cancelled = False
         self.error = None
         self.slot = None
-        self.prompt_ms = 0.0
-        self.predicted_ms = 0.0
+        self.prompt_ms = 0.0            # as llama-server: start of the prompt's decode to the first token
+        self.predicted_ms = 0.0         # first token sampled to the last, all the server did between
+        self.n_sampled = 0              # tokens sampled, an end-of-generation token too
+        self.t_last = 0                 # ticks_us of the last sample (or of the prompt's decode)
         self.changed = asyncio.Event()
 
     def cancel(self):
@@ -168,6 +170,7 @@ class Task:
 
     def timings(self):
         n_prompt, n_gen = len(self.prompt) - self.n_cached, len(self.tokens)
+        steps = self.n_sampled - 1      # the first token comes from the prompt's decode
         return {
             "cache_n": self.n_cached,
             "prompt_n": n_prompt,
@@ -176,8 +179,8 @@ class Task:
             "prompt_per_second": 1000.0 * n_prompt / self.prompt_ms if self.prompt_ms else 0.0,
             "predicted_n": n_gen,
             "predicted_ms": self.predicted_ms,
-            "predicted_per_token_ms": self.predicted_ms / n_gen if n_gen else 0.0,
-            "predicted_per_second": 1000.0 * n_gen / self.predicted_ms if self.predicted_ms else 0.0,
+            "predicted_per_token_ms": self.predicted_ms / steps if steps > 0 else 0.0,
+            "predicted_per_second": 1000.0 * steps / self.predicted_ms if steps > 0 and self.predicted_ms else 0.0,
         }
 
 
@@ -222,7 +225,7 @@ class Engine:
     def load(self):
         s = self.settings
         try:
-            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, progress=True)
+            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, flash_attn=s.flash_attn, progress=True)
         except Exception as e:
             self.state, self.load_error = "error", e
             raise
@@ -327,23 +330,20 @@ class Engine:
                 s.task.fail(e)
                 self._release(s)
             return
-        ms = time.ticks_diff(time.ticks_us(), t0) / 1000
         st = self.stats
         st["decodes"] += 1
         st["busy_slots"] += len(busy)
         for s, (seq, tokens) in zip(busy, items):
             task = s.task
-            if len(s.cache) == task.n_cached:       # the prompt's step (the cached start not decoded again)
-                task.prompt_ms += ms
+            prompt = len(s.cache) == task.n_cached      # the prompt's step (the cached start not decoded again)
+            if prompt:
+                task.t_last = t0
                 st["prompt_tokens"] += len(tokens)
-                st["prompt_ms"] += ms
-            else:
-                task.predicted_ms += ms
-                st["predicted_ms"] += ms
             s.cache += tokens
             st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
             try:                # whatever goes wrong ends this task, never the scheduler
                 token = task.sampler.sample(seq)
+                self.timed(task, prompt)
                 if task.n_probs and not self.model.is_eog(token):
                     p, top = self.model.probs(seq, task.n_probs, token)
                     task.probs.append((token, p, top))
@@ -351,6 +351,21 @@ class Engine:
             except Exception as e:
                 task.fail(e)
                 self._release(s)
+
+    def timed(self, task, prompt):
+        """Timings as llama-server keeps them: the prompt from its decode's start to the first token
+        sampled, generation from there to the last token sampled (wall time: the decodes, sampling,
+        the HTTP tasks between them, all of it), over one step fewer than tokens sampled."""
+        now = time.ticks_us()
+        ms = time.ticks_diff(now, task.t_last) / 1000
+        task.t_last = now
+        task.n_sampled += 1
+        if prompt:
+            task.prompt_ms += ms
+            self.stats["prompt_ms"] += ms
+        else:
+            task.predicted_ms += ms
+            self.stats["predicted_ms"] += ms
 
     def advance(self, slot, token):
         task = slot.task

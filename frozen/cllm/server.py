@@ -25,7 +25,8 @@ def stats():
 
 def load_model():
     t0 = time.ticks_ms()
-    log("cllm: loading {} (n_ctx={}, parallel={})".format(settings.model, settings.n_ctx, settings.parallel))
+    log("cllm: loading {} (n_ctx={}, parallel={}, flash_attn={})".format(
+        settings.model, settings.n_ctx, settings.parallel, settings.flash_attn))
     engine.load()
     meta = engine.meta
     log("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(

@@ -203,15 +203,32 @@ static int default_threads() {
     return n;
 }
 
-// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
+// llama-server's --flash-attn values
+static llama_flash_attn_type flash_attn_type(mp_obj_t value) {
+    const char *s = mp_obj_str_get_str(value);
+    if (strcmp(s, "on") == 0) {
+        return LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    }
+    if (strcmp(s, "off") == 0) {
+        return LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    if (strcmp(s, "auto") != 0) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("flash_attn=%s: need 'on', 'off' or 'auto'"), s);
+    }
+    return LLAMA_FLASH_ATTN_TYPE_AUTO;
+}
+
+// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
+//       vocab_only=False, progress=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_vocab_only, ARG_progress };
+    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_vocab_only, ARG_progress };
     static const mp_arg_t allowed[] = {
         { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
         { MP_QSTR_n_batch, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 512} },
         { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
         { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
+        { MP_QSTR_flash_attn, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_auto)} },
         { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
         { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
@@ -229,6 +246,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     if (n_threads > cpu_count) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_threads=%d but %d CPUs: one thread per CPU"), n_threads, cpu_count);
     }
+    llama_flash_attn_type fa = flash_attn_type(args[ARG_flash_attn].u_obj);
     struct stat st;
     if (stat(path, &st) != 0) {
         mp_raise_OSError_with_filename(errno, path);
@@ -268,6 +286,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     cparams.n_seq_max = n_seq;
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
+    cparams.flash_attn_type = fa;
     cparams.kv_unified = true;      // sequences share the n_ctx cells
     cparams.n_outputs_max = n_seq;  // logits only for each sequence's last token: not n_batch x n_vocab floats
     cparams.no_perf = false;
