@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from qemu import KERNEL, Guest
+from qemu import KERNEL, Guest, Monitor
 from tinymodel import ROOT, make_tiny_model, vocab_path
 
 LLAMA_BIN = os.path.join(ROOT, "build", "llama", "sse2", "bin")
@@ -262,13 +262,34 @@ print(len(rest), m.seq_pos(0))
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(tmp_path_factory):
     assert os.path.exists(SMOLLM2), "SmolLM2 is not fetched: run the tests with `make test`"
-    with Guest(modules=[SMOLLM2], mem="512M", timeout=600) as guest:
+    monitor = str(tmp_path_factory.mktemp("monitor") / "monitor.sock")
+    with Guest(modules=[SMOLLM2], mem="512M", timeout=600, monitor=f"unix:{monitor},server=on,wait=off") as guest:
         guest.wait_prompt()
+        guest.monitor = Monitor(monitor)
         out, err = guest.raw_exec("import llm\nm = llm.Model('/SmolLM2-135M-Instruct.Q4_1.gguf', n_ctx=512)", timeout=120)
         assert err == b"", err
         yield guest
+        guest.monitor.sock.close()
+
+
+def pit_raised(g):
+    """How many times QEMU's PIT has raised IRQ 0 since boot (masked at the PIC or not)."""
+    return int(re.search(rb"isa-i8259:\s+0:\s+(\d+)", g.monitor.command("info irq"))[1])
+
+
+def test_the_timer_tick_pauses_while_llama_decodes(smol):
+    # Every expiry of the emulated PIT stops the running CPU for QEMU's lock, whatever the PIC's
+    # mask: at 1 kHz that was 2-3 % of a decode. The tick is off for a decode and back after it.
+    run(smol, "import time\nm.kv_remove()\ntoks = m.tokenize('The lighthouse keeper climbed the stairs ' * 8)[:32]")
+    before = pit_raised(smol)
+    ms = int(run(smol, "t0 = time.ticks_ms(); m.decode(toks); print(time.ticks_diff(time.ticks_ms(), t0))"))
+    during = pit_raised(smol) - before
+    assert ms > 1000 and during < 0.1 * ms, (ms, during)
+    before = pit_raised(smol)
+    t = float(run(smol, "t0 = time.ticks_us(); time.sleep_ms(500); print(time.ticks_diff(time.ticks_us(), t0) / 1000)"))
+    assert 500 <= t < 520 and pit_raised(smol) - before >= 450     # 1 kHz again: sleeps end on time
 
 
 @pytest.mark.parametrize("prompt", ["The capital of France is", "def add(a, b):",

@@ -572,7 +572,12 @@ static void run_batch(llm_model_obj_t *m) {
     llama_batch *b = model_batch(m);
     int32_t ret = 0;
     log_error[0] = 0;
-    GUARD(ret = llama_decode(m->ctx, *b));
+    clock_pause_tick(1);
+    bool ok = guarded([&] { ret = llama_decode(m->ctx, *b); });
+    clock_pause_tick(0);
+    if (!ok) {
+        raise_cpp_error();
+    }
     b->n_tokens = 0;
     if (ret == 1) {
         mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("no room in the KV cache: remove finished sequences first"));

@@ -62,10 +62,14 @@ int cpu_id(void);
 void cpu_init(void);
 void cpu_grow_tlb(void);
 
+// Set while CPU 0's timer tick is paused (clock_pause_tick): no tick would end a hlt in time.
+extern volatile int tick_paused;
+
 // Sleep until the next interrupt. "sti; hlt" cannot lose a wakeup: sti takes effect after hlt
-// starts. Only CPU 0 gets timer and device interrupts: the others just pause a moment.
+// starts. Only CPU 0 gets timer and device interrupts: the others just pause a moment (and so
+// does CPU 0 while its tick is paused).
 static inline void cpu_idle(void) {
-    if (cpu_id() != 0) {
+    if (cpu_id() != 0 || tick_paused) {
         __asm__ volatile ("sti; pause" ::: "memory");
         return;
     }

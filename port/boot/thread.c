@@ -144,8 +144,8 @@ long futex_wait(volatile uint32_t *addr, uint32_t val, uint64_t deadline_ns) {
             spin_release(&futex_lock);
             break;
         }
-        // Only CPU 0 has a timer interrupt to end a hlt at a deadline.
-        if (me == 0 || !deadline_ns) {
+        // Only CPU 0 has a timer interrupt to end a hlt at a deadline (unless it is paused).
+        if ((me == 0 && !tick_paused) || !deadline_ns) {
             __asm__ volatile ("sti; hlt; cli" ::: "memory");
         } else {
             __asm__ volatile ("sti; pause; cli" ::: "memory");

@@ -23,6 +23,7 @@
 #define PIT_HZ              1193182u
 #define PIT_TICK_HZ         1000u
 #define PIT_CH0_RATEGEN     0x34    // channel 0, lobyte/hibyte, mode 2 (rate generator)
+#define PIT_CH0_ONESHOT     0x30    // channel 0, lobyte/hibyte, mode 0 (interrupt on terminal count)
 #define PIT_CH0_LATCH       0x00
 
 // CMOS RTC (MC146818)
@@ -45,6 +46,39 @@ static uint64_t hpet_counter(void) {
         lo = mmio_read32(HPET_BASE + HPET_MAIN_COUNTER);
     } while (hi != mmio_read32(HPET_BASE + HPET_MAIN_COUNTER + 4));
     return ((uint64_t)hi << 32) | lo;
+}
+
+volatile int tick_paused;
+
+static void pit_start(void) {
+    uint16_t reload = PIT_HZ / PIT_TICK_HZ;
+    outb(PIT_CMD, PIT_CH0_RATEGEN);
+    outb(PIT_CH0, reload & 0xff);
+    outb(PIT_CH0, reload >> 8);
+}
+
+// The tick wakes sleepers and paces the network's poll when it starves (port/lwip/net.c); while
+// CPU 0 computes in C (a llama_decode) neither can happen. Under TCG every expiry of the emulated
+// PIT makes QEMU stop the running CPU to take its lock, masked at the PIC or not: at 1 kHz that is
+// 2-3 % of a decode (in-kernel A/B, 1 kHz against 100 Hz). So the PIT is set to count down once
+// (55 ms) and then stay quiet, its IRQ masked; at the end the rate generator starts again (a
+// tick that came meanwhile is taken at the unmask), and cpu_idle() spins instead of halting.
+void clock_pause_tick(int paused) {
+    if (!hpet_period_fs) {
+        return;
+    }
+    uint32_t flags = irq_save();
+    tick_paused = paused;
+    if (paused) {
+        pic_mask(0);
+        outb(PIT_CMD, PIT_CH0_ONESHOT);
+        outb(PIT_CH0, 0xff);
+        outb(PIT_CH0, 0xff);
+    } else {
+        pit_start();
+        pic_unmask(0);
+    }
+    irq_restore(flags);
 }
 
 static void (*tick_hook)(uint32_t);
@@ -108,10 +142,7 @@ void clock_init(void) {
         mmio_write32(HPET_BASE + HPET_GEN_CONF, mmio_read32(HPET_BASE + HPET_GEN_CONF) | HPET_ENABLE_CNF);
         hpet_start = hpet_counter();
     }
-    uint16_t reload = PIT_HZ / PIT_TICK_HZ;
-    outb(PIT_CMD, PIT_CH0_RATEGEN);
-    outb(PIT_CH0, reload & 0xff);
-    outb(PIT_CH0, reload >> 8);
+    pit_start();
     irq_register(0, pit_tick);
     boot_epoch_ns = rtc_epoch_seconds() * 1000000000ull;
 }
