@@ -59,8 +59,8 @@ static void pit_start(void) {
 
 // The tick wakes sleepers and paces the network's poll when it starves (port/lwip/net.c); while
 // CPU 0 computes in C (a llama_decode) neither can happen. Under TCG every expiry of the emulated
-// PIT makes QEMU stop the running CPU to take its lock, masked at the PIC or not: at 1 kHz that is
-// 2-3 % of a decode (in-kernel A/B, 1 kHz against 100 Hz). So the PIT is set to count down once
+// PIT makes QEMU stop the running CPU to take its lock, masked at the PIC or not: at 1 kHz that was
+// 2-5 % of a decode (in-kernel A/B, README "llama.cpp inside"). So the PIT is set to count down once
 // (55 ms) and then stay quiet, its IRQ masked; at the end the rate generator starts again (a
 // tick that came meanwhile is taken at the unmask), and cpu_idle() spins instead of halting.
 void clock_pause_tick(int paused) {
