@@ -268,10 +268,13 @@ def smol(tmp_path_factory):
     with Guest(modules=[SMOLLM2], mem="512M", timeout=600, monitor=f"unix:{monitor},server=on,wait=off") as guest:
         guest.wait_prompt()
         guest.monitor = Monitor(monitor)
-        out, err = guest.raw_exec("import llm\nm = llm.Model('/SmolLM2-135M-Instruct.Q4_1.gguf', n_ctx=512)", timeout=120)
-        assert err == b"", err
-        yield guest
-        guest.monitor.sock.close()
+        try:
+            out, err = guest.raw_exec("import llm\nm = llm.Model('/SmolLM2-135M-Instruct.Q4_1.gguf', n_ctx=512)",
+                                      timeout=120)
+            assert err == b"", err
+            yield guest
+        finally:
+            guest.monitor.close()
 
 
 def pit_raised(g):
@@ -281,7 +284,7 @@ def pit_raised(g):
 
 def test_the_timer_tick_pauses_while_llama_decodes(smol):
     # Every expiry of the emulated PIT stops the running CPU for QEMU's lock, whatever the PIC's
-    # mask: at 1 kHz that was 2-3 % of a decode. The tick is off for a decode and back after it.
+    # mask: at 1 kHz that was 2-5 % of a decode. The tick is off for a decode and back after it.
     run(smol, "import time\nm.kv_remove()\ntoks = m.tokenize('The lighthouse keeper climbed the stairs ' * 8)[:32]")
     before = pit_raised(smol)
     ms = int(run(smol, "t0 = time.ticks_ms(); m.decode(toks); print(time.ticks_diff(time.ticks_ms(), t0))"))
