@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import time
+from queue import Empty
 
 import pexpect
 from pexpect.popen_spawn import PopenSpawn
@@ -63,6 +64,28 @@ def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chard
     return cmd
 
 
+class _Spawn(PopenSpawn):
+    """PopenSpawn that sleeps until output comes. pexpect's own polls its queue every 0.1 ms: 15 %
+    of a host core, taken from the guest's CPUs on a two-core machine (SMP=2 generated 6 % slower)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delayafterread = None
+
+    def read_nonblocking(self, size, timeout):
+        if not self._buf and not self._read_reached_eof:
+            wait = self.timeout if timeout == -1 else timeout
+            try:
+                incoming = self._read_queue.get(True, None if wait is None else max(wait, 0))
+            except Empty:
+                return self.string_type()
+            if incoming is None:
+                self._read_reached_eof = True
+            else:
+                self._buf += self._decoder.decode(incoming, final=False)
+        return super().read_nonblocking(size, timeout)
+
+
 class Guest:
     """One QEMU run. Output is bytes; the console sends \\r\\n line ends.
 
@@ -71,7 +94,7 @@ class Guest:
     def __init__(self, modules=(), append="", mem="256M", timeout=60, **machine):
         cmd = qemu_command(modules, append, mem, **machine)
         self.started = time.monotonic()
-        self.child = PopenSpawn(cmd, timeout=timeout)
+        self.child = _Spawn(cmd, timeout=timeout)
         self.log = []
 
     def expect(self, pattern, timeout=-1):
