@@ -99,7 +99,7 @@ LLAMA_BUILD := $(BUILD)/llama
 
 # ggml + libllama as static i386 archives with SSE2 and AVX2 CPU backends (and the SSE2 build's
 # llama-simple/-tokenize/-bench for tests and benchmarks)
-$(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/paged.sh
+$(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/paged.sh port/patch-llama.py
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 
@@ -136,7 +136,7 @@ run-image: image
 PEER := $(BUILD)/peer
 PEER_E1000 = $(wildcard $(DEPS)/peer-linux/lib/modules/*/kernel/drivers/net/ethernet/intel/e1000/e1000.ko)
 
-$(LLAMA_BUILD)/.peer-stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh
+$(LLAMA_BUILD)/.peer-stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/patch-llama.py
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) peer
 	@touch $@
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp from the pinned sdist's vendor/llama.cpp for the kernel: static i386 archives of
-# libllama and ggml with two CPU backends, plus the host tools tests and benchmarks compare against;
-# or the static i386 llama-server of the Linux-guest peer that `make bench` compares cllm with.
+# Build llama.cpp from the pinned sdist's vendor/llama.cpp, with cllm's edits (port/patch-llama.py),
+# for the kernel: static i386 archives of libllama and ggml with two CPU backends, plus the host tools
+# tests and benchmarks compare against; or the static i386 llama-server of the Linux-guest peer that
+# `make bench` compares cllm with.
 #
 #   port/build-llama.sh SRC OUT          the kernel's builds:
 #
@@ -22,6 +23,9 @@
 # OUT/peer-same/bin/llama-server   the kernel's sse2 build options and flags exactly
 set -euo pipefail
 src=$1 out=$2 what=${3:-kernel}
+
+# cllm's edits to llama.cpp (port/patch-llama.py), in every build from this source: the peers too
+python3 "$(dirname "$0")/patch-llama.py" "$src"
 
 common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGGML_NATIVE=OFF
         -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_BACKEND_DL=OFF -DGGML_BMI2=OFF
