@@ -15,8 +15,8 @@ import sys
 # when the view of the KV cache is >= 512 keys long. llama.cpp pads that view to a multiple of 256
 # and masks the keys past the last one in use, and ggml split the whole view evenly: with 300 keys
 # in use, one thread got 256 of them and the other 44, and attention took almost as long on two
-# CPUs as on one. Split the keys in use instead (the masked ones are skipped either way, so one
-# thread computes exactly what it did before).
+# CPUs as on one. Split the keys in use instead. Masked keys add nothing either way, so one thread
+# computes the same values as before, without stepping over the masked tail.
 KEYS_IN_USE = (
     "ggml/src/ggml-cpu/ops.cpp",
     [("static void ggml_compute_forward_flash_attn_ext_f16(\n",

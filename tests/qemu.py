@@ -66,7 +66,8 @@ def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chard
 
 class _Spawn(PopenSpawn):
     """PopenSpawn that sleeps until output comes. pexpect's own polls its queue every 0.1 ms: 15 %
-    of a host core, taken from the guest's CPUs on a two-core machine (SMP=2 generated 6 % slower)."""
+    of a host core, taken from the guest's CPUs on a two-core machine (in-kernel generation with two
+    CPUs took 356 ms a token while the harness polled, 311 ms without)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
