@@ -115,7 +115,7 @@ print(kernel.syscalls().get('clone3', 0))
 def test_attention_splits_the_keys_in_use_between_cpus(tmp_path):
     """A token generated after 260 others: llama.cpp's view of the KV cache is 512 keys (a multiple
     of 256, the rest masked), and ggml's flash attention gave each thread half the view, so one
-    thread got 256 keys and the other 4. port/patch-llama.py splits the keys in use. A model that is
+    thread got 256 keys and the other the 5-12 past them. port/patch-llama.py splits the keys in use. A model that is
     mostly attention (24 layers of 32 heads of 4) shows it: two threads generate >= 1.5x as fast as
     one (measured 1.78-1.93x; 1.23-1.33x with ggml's split)."""
     model = make_tiny_model(str(tmp_path / "attention.gguf"), n_embd=128, n_layer=24, n_head=32,
