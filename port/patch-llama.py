@@ -146,6 +146,29 @@ Q4_1_WORDS = (
         sumf += (GGML_CPU_FP16_TO_FP32(x[ib].d)*GGML_CPU_FP16_TO_FP32(y[ib].d))*sumi + GGML_CPU_FP16_TO_FP32(x[ib].m)*GGML_CPU_FP16_TO_FP32(y[ib].s);
 """)])
 
+# The same for Q8_0 by Q8_0 (SmolLM2's output matrix, a fifth of its weights), in ggml's x86 file, whose
+# scalar loop is all an SSE2 build has: 64 loads for 32 weights, now 16.
+Q8_0_WORDS = (
+    "ggml/src/ggml-cpu/arch/x86/quants.c",
+    [("""    for (; ib < nb; ++ib) {
+        int sumi = 0;
+
+        for (int j = 0; j < qk; j++) {
+            sumi += x[ib].qs[j]*y[ib].qs[j];
+        }
+""", """    for (; ib < nb; ++ib) {
+        int sumi = 0;
+
+        // cllm: four weights and four activations a load
+        for (int j = 0; j < qk; j += 4) {
+            uint32_t w, a;
+            memcpy(&w, x[ib].qs + j, 4);
+            memcpy(&a, y[ib].qs + j, 4);
+            sumi += (int8_t) w*(int8_t) a + (int8_t) (w >> 8)*(int8_t) (a >> 8) +
+                    (int8_t) (w >> 16)*(int8_t) (a >> 16) + (int8_t) (w >> 24)*(int8_t) (a >> 24);
+        }
+""")])
+
 # SwiGLU (the feed-forward's gate) split its rows between the threads: for one token, one row, so
 # thread 0 computed all of it while the others waited. With fewer rows than threads, split each row's
 # columns instead (each value is computed alone either way).
@@ -179,8 +202,9 @@ GLU_COLUMNS = (
     const int ir0 = by_columns ? 0 : dr*ith;
     const int ir1 = MIN(ir0 + dr, nr);
 
-    // column range for this thread
-    const int dc  = by_columns ? (nc + nth - 1)/nth : nc;
+    // column range for this thread: starting at a multiple of 16, so that each value goes through
+    // the same (SIMD or scalar) code as when one thread computes the row
+    const int dc  = by_columns ? ((nc + nth - 1)/nth + 15) & ~15 : nc;
     const int ic0 = MIN(by_columns ? dc*ith : 0, nc);
     const int ic1 = MIN(ic0 + dc, nc);
 
@@ -215,7 +239,7 @@ EVEN_CHUNKS = (
     }
 """)])
 
-EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS]
+EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS, Q8_0_WORDS]
 
 
 def main(src):

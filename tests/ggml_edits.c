@@ -1,0 +1,276 @@
+// cllm's edits to ggml (port/patch-llama.py) against plain arithmetic, through ggml's own graph API
+// with 1, 2 and 3 threads. Built for i386 by tests/test_ggml_edits.py against the kernel's SSE2 build
+// of ggml and run on the host. Prints one line per check, "ok ..." or "FAIL ...", and exits 1 on a
+// failure.
+#include "ggml.h"
+#include "ggml-cpu.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+
+static void check(int ok, const char * what, double worst) {
+    printf("%s %s (worst %.3g)\n", ok ? "ok" : "FAIL", what, worst);
+    failures += !ok;
+}
+
+static float frand(void) {
+    return (float) rand() / RAND_MAX * 2.0f - 1.0f;
+}
+
+static struct ggml_context * new_context(void) {
+    struct ggml_init_params p = { 64u << 20, NULL, false };
+    return ggml_init(p);
+}
+
+static void fill(struct ggml_tensor * t, float scale) {
+    const int64_t n = ggml_nelements(t);
+    for (int64_t i = 0; i < n; i++) {
+        if (t->type == GGML_TYPE_F32) {
+            ((float *) t->data)[i] = scale * frand();
+        } else {
+            ((ggml_fp16_t *) t->data)[i] = ggml_fp32_to_fp16(scale * frand());
+        }
+    }
+}
+
+// dst computed with n_threads; returns a malloc'd copy of its floats
+static float * compute(struct ggml_context * ctx, struct ggml_tensor * dst, int n_threads) {
+    struct ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, dst);
+    if (ggml_graph_compute_with_ctx(ctx, gf, n_threads) != GGML_STATUS_SUCCESS) {
+        fprintf(stderr, "graph compute failed\n");
+        exit(2);
+    }
+    float * out = malloc(ggml_nbytes(dst));
+    memcpy(out, dst->data, ggml_nbytes(dst));
+    return out;
+}
+
+// the Q4_1, Q8_1 and Q8_0 blocks, as in ggml-common.h (sizes checked against ggml_type_size below)
+typedef struct { ggml_fp16_t d, m; uint8_t qs[16]; } q4_1_block;
+typedef struct { ggml_fp16_t d, s; int8_t qs[32]; } q8_1_block;
+typedef struct { ggml_fp16_t d; int8_t qs[32]; } q8_0_block;
+
+// ggml's Q4_1 dot product as the sdist has it: a byte at a time
+static float q4_1_dot_reference(int n, const q4_1_block * x, const q8_1_block * y) {
+    float sumf = 0;
+    for (int ib = 0; ib < n / 32; ++ib) {
+        int sumi0 = 0, sumi1 = 0;
+        for (int j = 0; j < 16; ++j) {
+            sumi0 += (x[ib].qs[j] & 0x0F) * y[ib].qs[j];
+            sumi1 += (x[ib].qs[j] >> 4) * y[ib].qs[j + 16];
+        }
+        int sumi = sumi0 + sumi1;
+        sumf += (ggml_fp16_to_fp32(x[ib].d) * ggml_fp16_to_fp32(y[ib].d)) * sumi +
+                ggml_fp16_to_fp32(x[ib].m) * ggml_fp16_to_fp32(y[ib].s);
+    }
+    return sumf;
+}
+
+// ggml's Q8_0 dot product as the sdist has it
+static float q8_0_dot_reference(int n, const q8_0_block * x, const q8_0_block * y) {
+    float sumf = 0;
+    for (int ib = 0; ib < n / 32; ++ib) {
+        int sumi = 0;
+        for (int j = 0; j < 32; j++) {
+            sumi += x[ib].qs[j] * y[ib].qs[j];
+        }
+        sumf += sumi * (ggml_fp16_to_fp32(x[ib].d) * ggml_fp16_to_fp32(y[ib].d));
+    }
+    return sumf;
+}
+
+static void q8_0_dot(void) {
+    enum { N = 576 };
+    if (ggml_type_size(GGML_TYPE_Q8_0) != sizeof(q8_0_block)) {
+        check(0, "Q8_0 block layout", 0);
+        return;
+    }
+    static float w[N], a[N];
+    static q8_0_block x[N / 32], y[N / 32];
+    int same = 1;
+    for (int round = 0; round < 200; round++) {
+        for (int i = 0; i < N; i++) {
+            w[i] = frand();
+            a[i] = round % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
+        }
+        ggml_quantize_chunk(GGML_TYPE_Q8_0, w, x, 0, 1, N, NULL);
+        ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float(a, y, N);
+        float got;
+        ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->vec_dot(N, &got, 0, x, 0, y, 0, 1);
+        same &= got == q8_0_dot_reference(N, x, y);
+    }
+    check(same, "Q8_0 dot product equals the byte-at-a-time sum, bit for bit (200 rows of 576)", 0);
+}
+
+static void q4_1_dot(void) {
+    enum { N = 1536 };
+    if (ggml_type_size(GGML_TYPE_Q4_1) != sizeof(q4_1_block) || ggml_type_size(GGML_TYPE_Q8_1) != sizeof(q8_1_block)) {
+        check(0, "Q4_1/Q8_1 block layout", 0);
+        return;
+    }
+    const struct ggml_type_traits_cpu * tq4 = ggml_get_type_traits_cpu(GGML_TYPE_Q4_1);
+    const struct ggml_type_traits_cpu * tq8 = ggml_get_type_traits_cpu(GGML_TYPE_Q8_1);
+    static float w[N], a[N];
+    static q4_1_block x[N / 32];
+    static q8_1_block y[N / 32];
+    int same = 1;
+    for (int round = 0; round < 200; round++) {
+        for (int i = 0; i < N; i++) {
+            w[i] = frand();
+            // activations at the extremes of int8 every other round
+            a[i] = round % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
+        }
+        ggml_quantize_chunk(GGML_TYPE_Q4_1, w, x, 0, 1, N, NULL);
+        tq8->from_float(a, y, N);
+        float got;
+        tq4->vec_dot(N, &got, 0, x, 0, y, 0, 1);
+        same &= got == q4_1_dot_reference(N, x, y);
+    }
+    check(same, "Q4_1 dot product equals the byte-at-a-time sum, bit for bit (200 rows of 1536)", 0);
+}
+
+// a Q4_1 matrix times one vector: each row once, the same with any thread count, and each row the
+// reference dot product with the vector as ggml quantizes it (Q8_1)
+static void matrix_times_vector(int rows) {
+    enum { N = 576 };
+    struct ggml_context * ctx = new_context();
+    struct ggml_tensor * wf = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, N, rows);
+    struct ggml_tensor * w  = ggml_new_tensor_2d(ctx, GGML_TYPE_Q4_1, N, rows);
+    struct ggml_tensor * v  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, N, 1);
+    fill(wf, 1.0f);
+    fill(v, 1.0f);
+    ggml_quantize_chunk(GGML_TYPE_Q4_1, wf->data, w->data, 0, rows, N, NULL);
+    struct ggml_tensor * out = ggml_mul_mat(ctx, w, v);
+    int same = 1;
+    float * one = compute(ctx, out, 1);
+    for (int nth = 2; nth <= 3; nth++) {
+        memset(out->data, 0xff, ggml_nbytes(out));      // NaN: a row no thread computed shows
+        float * many = compute(ctx, out, nth);
+        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
+        free(many);
+    }
+    static q8_1_block y[N / 32];
+    ggml_get_type_traits_cpu(GGML_TYPE_Q8_1)->from_float(v->data, y, N);
+    int rows_right = 0;
+    for (int r = 0; r < rows; r++) {
+        rows_right += one[r] == q4_1_dot_reference(N, (const q4_1_block *) w->data + r * (N / 32), y);
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%d-row Q4_1 matrix times a vector: 2 and 3 threads equal 1 thread, and every row "
+             "the reference dot product (%d of %d)", rows, rows_right, rows);
+    check(same && rows_right == rows, what, 0);
+    free(one);
+    ggml_free(ctx);
+}
+
+// SwiGLU of one row (split by columns between threads) and of several rows
+static void swiglu(int n, int rows) {
+    struct ggml_context * ctx = new_context();
+    struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, rows);
+    struct ggml_tensor * g = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, rows);
+    fill(x, 4.0f);
+    fill(g, 1.0f);
+    struct ggml_tensor * out = ggml_swiglu_split(ctx, x, g);
+    double worst = 0;
+    int same = 1;
+    float * one = compute(ctx, out, 1);
+    for (int nth = 2; nth <= 3; nth++) {
+        memset(out->data, 0xff, ggml_nbytes(out));
+        float * many = compute(ctx, out, nth);
+        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
+        free(many);
+    }
+    for (int i = 0; i < n * rows; i++) {
+        const double xi = ((float *) x->data)[i], gi = ((float *) g->data)[i];
+        worst = fmax(worst, fabs(one[i] - xi / (1 + exp(-xi)) * gi));
+    }
+    char what[160];
+    snprintf(what, sizeof what, "SwiGLU of %d row(s) of %d: 2 and 3 threads equal 1 thread, and silu(x)*g within 1e-5",
+             rows, n);
+    check(same && worst < 1e-5, what, worst);
+    free(one);
+    ggml_free(ctx);
+}
+
+// flash attention of one query row over F16 K and V, n_kv keys of which the first `used` unmasked
+static void attention(int n_kv, int used) {
+    enum { D = 64, HEADS = 9, HEADS_KV = 3 };
+    struct ggml_context * ctx = new_context();
+    struct ggml_tensor * q = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, D, 1, HEADS);
+    struct ggml_tensor * k = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, D, n_kv, HEADS_KV);
+    struct ggml_tensor * v = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, D, n_kv, HEADS_KV);
+    struct ggml_tensor * mask = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, n_kv, 1);
+    fill(q, 1.0f);
+    fill(k, 1.0f);
+    fill(v, 1.0f);
+    for (int i = 0; i < n_kv; i++) {
+        ((ggml_fp16_t *) mask->data)[i] = ggml_fp32_to_fp16(i < used ? 0.0f : -INFINITY);
+    }
+    const float scale = 1.0f / sqrtf(D);
+    struct ggml_tensor * out = ggml_flash_attn_ext(ctx, q, k, v, mask, scale, 0.0f, 0.0f);
+    double worst = 0, spread = 0;
+    float * one = compute(ctx, out, 1);
+    for (int nth = 2; nth <= 3; nth++) {
+        memset(out->data, 0xff, ggml_nbytes(out));
+        float * many = compute(ctx, out, nth);
+        for (int i = 0; i < D * HEADS; i++) {
+            spread = fmax(spread, isnan(many[i]) ? INFINITY : fabs(many[i] - one[i]));
+        }
+        free(many);
+    }
+    // softmax(q.k * scale) . v in double over the keys in use, q rounded to F16 as ggml does
+    for (int h = 0; h < HEADS; h++) {
+        const int hk = h / (HEADS / HEADS_KV);
+        const float * qh = (const float *) q->data + h * D;
+        double s[1024], m = -INFINITY, sum = 0;
+        for (int j = 0; j < used; j++) {
+            const ggml_fp16_t * kj = (const ggml_fp16_t *) k->data + (hk * n_kv + j) * D;
+            double dot = 0;
+            for (int d = 0; d < D; d++) {
+                dot += (double) ggml_fp16_to_fp32(ggml_fp32_to_fp16(qh[d])) * ggml_fp16_to_fp32(kj[d]);
+            }
+            s[j] = dot * scale;
+            m = fmax(m, s[j]);
+        }
+        for (int j = 0; j < used; j++) {
+            sum += s[j] = exp(s[j] - m);
+        }
+        for (int d = 0; d < D; d++) {
+            double ref = 0;
+            for (int j = 0; j < used; j++) {
+                ref += s[j] / sum * ggml_fp16_to_fp32(((const ggml_fp16_t *) v->data)[(hk * n_kv + j) * D + d]);
+            }
+            // res is [D, heads, 1]
+            worst = fmax(worst, fabs(one[h * D + d] - ref));
+        }
+    }
+    char what[200];
+    snprintf(what, sizeof what, "flash attention, one query, %d of %d F16 keys: within 1e-4 of softmax(qk)v in "
+             "double, and 2 and 3 threads within 1e-5 of 1 (spread %.3g)", used, n_kv, spread);
+    check(worst < 1e-4 && spread < 1e-5, what, worst);
+    free(one);
+    ggml_free(ctx);
+}
+
+int main(void) {
+    srand(7);
+    ggml_cpu_init();     // the F16 table the CPU backend converts with
+    q4_1_dot();
+    q8_0_dot();
+    matrix_times_vector(576);       // 9 chunks of 64 rows upstream
+    matrix_times_vector(1000);
+    matrix_times_vector(49);
+    swiglu(1536, 1);
+    swiglu(1537, 1);
+    swiglu(1536, 3);
+    attention(256, 200);            // under 512 keys: split by heads
+    attention(512, 300);            // split by keys in use
+    attention(1024, 1000);
+    return failures ? 1 : 0;
+}
