@@ -51,13 +51,15 @@ static float * compute(struct ggml_context * ctx, struct ggml_tensor * dst, int 
     return out;
 }
 
-// the Q4_1, Q8_1 and Q8_0 blocks, as in ggml-common.h (sizes checked against ggml_type_size below)
+// the Q4_1, Q8_1 and Q8_0 blocks, as in ggml-common.h (sizes checked against ggml_type_size in main)
 typedef struct { ggml_fp16_t d, m; uint8_t qs[16]; } q4_1_block;
 typedef struct { ggml_fp16_t d, s; int8_t qs[32]; } q8_1_block;
 typedef struct { ggml_fp16_t d; int8_t qs[32]; } q8_0_block;
 
 // ggml's Q4_1 dot product as the sdist has it: a byte at a time
-static float q4_1_dot_reference(int n, const q4_1_block * x, const q8_1_block * y) {
+static float q4_1_dot_reference(int n, const void * vx, const void * vy) {
+    const q4_1_block * x = vx;
+    const q8_1_block * y = vy;
     float sumf = 0;
     for (int ib = 0; ib < n / 32; ++ib) {
         int sumi0 = 0, sumi1 = 0;
@@ -73,7 +75,9 @@ static float q4_1_dot_reference(int n, const q4_1_block * x, const q8_1_block * 
 }
 
 // ggml's Q8_0 dot product as the sdist has it
-static float q8_0_dot_reference(int n, const q8_0_block * x, const q8_0_block * y) {
+static float q8_0_dot_reference(int n, const void * vx, const void * vy) {
+    const q8_0_block * x = vx;
+    const q8_0_block * y = vy;
     float sumf = 0;
     for (int ib = 0; ib < n / 32; ++ib) {
         int sumi = 0;
@@ -85,54 +89,35 @@ static float q8_0_dot_reference(int n, const q8_0_block * x, const q8_0_block * 
     return sumf;
 }
 
-static void q8_0_dot(void) {
-    enum { N = 576 };
-    if (ggml_type_size(GGML_TYPE_Q8_0) != sizeof(q8_0_block)) {
-        check(0, "Q8_0 block layout", 0);
-        return;
-    }
-    static float w[N], a[N];
-    static q8_0_block x[N / 32], y[N / 32];
+// ggml's dot product of a row of `type` with n activations, against the reference, bit for bit
+static void dot_product(enum ggml_type type, int n, float (*reference)(int, const void *, const void *)) {
+    const struct ggml_type_traits_cpu * traits = ggml_get_type_traits_cpu(type);
+    const enum ggml_type activations = traits->vec_dot_type;
+    float * w = malloc(n * sizeof(float));
+    float * a = malloc(n * sizeof(float));
+    void * x = malloc(ggml_row_size(type, n));
+    void * y = malloc(ggml_row_size(activations, n));
     int same = 1;
     for (int round = 0; round < 200; round++) {
-        for (int i = 0; i < N; i++) {
-            w[i] = frand();
-            a[i] = round % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
-        }
-        ggml_quantize_chunk(GGML_TYPE_Q8_0, w, x, 0, 1, N, NULL);
-        ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float(a, y, N);
-        float got;
-        ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->vec_dot(N, &got, 0, x, 0, y, 0, 1);
-        same &= got == q8_0_dot_reference(N, x, y);
-    }
-    check(same, "Q8_0 dot product equals the byte-at-a-time sum, bit for bit (200 rows of 576)", 0);
-}
-
-static void q4_1_dot(void) {
-    enum { N = 1536 };
-    if (ggml_type_size(GGML_TYPE_Q4_1) != sizeof(q4_1_block) || ggml_type_size(GGML_TYPE_Q8_1) != sizeof(q8_1_block)) {
-        check(0, "Q4_1/Q8_1 block layout", 0);
-        return;
-    }
-    const struct ggml_type_traits_cpu * tq4 = ggml_get_type_traits_cpu(GGML_TYPE_Q4_1);
-    const struct ggml_type_traits_cpu * tq8 = ggml_get_type_traits_cpu(GGML_TYPE_Q8_1);
-    static float w[N], a[N];
-    static q4_1_block x[N / 32];
-    static q8_1_block y[N / 32];
-    int same = 1;
-    for (int round = 0; round < 200; round++) {
-        for (int i = 0; i < N; i++) {
+        for (int i = 0; i < n; i++) {
             w[i] = frand();
             // activations at the extremes of int8 every other round
             a[i] = round % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
         }
-        ggml_quantize_chunk(GGML_TYPE_Q4_1, w, x, 0, 1, N, NULL);
-        tq8->from_float(a, y, N);
+        ggml_quantize_chunk(type, w, x, 0, 1, n, NULL);
+        ggml_get_type_traits_cpu(activations)->from_float(a, y, n);
         float got;
-        tq4->vec_dot(N, &got, 0, x, 0, y, 0, 1);
-        same &= got == q4_1_dot_reference(N, x, y);
+        traits->vec_dot(n, &got, 0, x, 0, y, 0, 1);
+        same &= got == reference(n, x, y);
     }
-    check(same, "Q4_1 dot product equals the byte-at-a-time sum, bit for bit (200 rows of 1536)", 0);
+    char what[160];
+    snprintf(what, sizeof what, "%s dot product equals the byte-at-a-time sum, bit for bit (200 rows of %d)",
+             ggml_type_name(type), n);
+    check(same, what, 0);
+    free(w);
+    free(a);
+    free(x);
+    free(y);
 }
 
 // a Q4_1 matrix times one vector: each row once, the same with any thread count, and each row the
@@ -261,8 +246,13 @@ static void attention(int n_kv, int used) {
 int main(void) {
     srand(7);
     ggml_cpu_init();     // the F16 table the CPU backend converts with
-    q4_1_dot();
-    q8_0_dot();
+    if (ggml_type_size(GGML_TYPE_Q4_1) != sizeof(q4_1_block) || ggml_type_size(GGML_TYPE_Q8_1) != sizeof(q8_1_block) ||
+            ggml_type_size(GGML_TYPE_Q8_0) != sizeof(q8_0_block)) {
+        fprintf(stderr, "ggml's Q4_1, Q8_1 or Q8_0 block is not the one this test knows\n");
+        return 2;
+    }
+    dot_product(GGML_TYPE_Q4_1, 1536, q4_1_dot_reference);
+    dot_product(GGML_TYPE_Q8_0, 576, q8_0_dot_reference);
     matrix_times_vector(576);       // 9 chunks of 64 rows upstream
     matrix_times_vector(1000);
     matrix_times_vector(49);

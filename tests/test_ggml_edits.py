@@ -10,7 +10,7 @@ from tinymodel import ROOT
 GGML = os.path.join(ROOT, "build", "llama", "sse2", "ggml", "src")
 INCLUDE = os.path.join(ROOT, "build", "deps", "llama-cpp-python", "vendor", "llama.cpp", "ggml", "include")
 # the checks tests/ggml_edits.c makes, in its order
-CHECKS = ["Q4_1 dot product", "Q8_0 dot product", "576-row Q4_1 matrix", "1000-row Q4_1 matrix", "49-row Q4_1 matrix",
+CHECKS = ["q4_1 dot product", "q8_0 dot product", "576-row Q4_1 matrix", "1000-row Q4_1 matrix", "49-row Q4_1 matrix",
           "SwiGLU of 1 row(s) of 1536", "SwiGLU of 1 row(s) of 1537", "SwiGLU of 3 row(s) of 1536",
           "flash attention, one query, 200 of 256", "flash attention, one query, 300 of 512",
           "flash attention, one query, 1000 of 1024"]
