@@ -97,10 +97,9 @@ F32_KEYS = (
 """, """            const char * k_data = (const char *) k->data + ( ic*nbk1 + ik2*nbk2 + ik3*nbk3);
             if (k->type == GGML_TYPE_F16) {     // cllm: summed in F32
                 const ggml_fp16_t * kp = (const ggml_fp16_t *) k_data;
-                const ggml_fp16_t * qp = (const ggml_fp16_t *) Q_q;
                 s = 0.0f;
                 for (int64_t d = 0; d < DK; ++d) {
-                    s += GGML_CPU_FP16_TO_FP32(kp[d])*GGML_CPU_FP16_TO_FP32(qp[d]);
+                    s += GGML_CPU_FP16_TO_FP32(kp[d])*GGML_CPU_FP16_TO_FP32(Q_q[d]);
                 }
             } else {
                 kq_vec_dot(DK, &s, 0, k_data, 0, Q_q, 0, 1);
