@@ -59,6 +59,9 @@ help:
 	@echo "                  qemu-i386 (bench/llm.py)"
 	@echo "  make bench-http the HTTP server vs. llama-server (same build) under qemu-i386: ready, /health rate,"
 	@echo "                  time to first token, streamed tokens/s (bench/api.py)"
+	@echo "  make bench-spread  BENCH_BOOTS=20 boots each of cllm and peer-same at BENCH_SMP=2 CPUs, interleaved: generated"
+	@echo "                  tok/s spread (max/min) and the ggml kernels each cllm boot chose (bench/spread.py)"
+	@echo "  make bench-tcg  what the kernel does for QEMU's TCG, as ratios in the guest: software TLB, qstr index (bench/tcg.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
 	@echo "  make clean      remove the kernel build ($(BUILD)/port); keeps downloads, venv and ccache"
@@ -166,7 +169,13 @@ bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/api.py
 
-.PHONY: bench-net bench-http
+.PHONY: bench-net bench-http bench-tcg bench-spread
+bench-spread: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spread.py
+
+bench-tcg: kernel $(VENV)/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/tcg.py
+
 bench-net: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/net.py
 

@@ -17,7 +17,6 @@
 #include "port/boot/smp.h"
 #include "port/drivers/console.h"
 #include "port/drivers/clock.h"
-#include "modules/llm/llm.h"
 #include "port/lwip/net.h"
 #include "port/qstrindex.h"
 #include "extmod/modnetwork.h"
@@ -93,7 +92,6 @@ int main(int argc, char **argv) {
         kernel_exit(1);
     }
     print_banner(heap_size);
-    llm_cpu_variant_select();
     net_init();
 
     qstr_index_init();

@@ -16,11 +16,16 @@ import sys
 # and masks the keys past the last one in use, and ggml split the whole view evenly: with 300 keys
 # in use, one thread got 256 of them and the other 44, and attention took almost as long on two
 # CPUs as on one. Split the keys in use instead. Masked keys add nothing either way, so one thread
-# computes the same values as before, without stepping over the masked tail.
+# computes the same values as before, without stepping over the masked tail. Each thread notes how
+# many keys it took in cllm_attention_keys, which tests/ggml_edits.c reads to check the split.
 KEYS_IN_USE = (
     "ggml/src/ggml-cpu/ops.cpp",
     [("static void ggml_compute_forward_flash_attn_ext_f16(\n",
-      """// cllm (port/patch-llama.py): one past the last key the one query row of dst may attend to;
+      """// cllm (port/patch-llama.py): the keys each of the first 16 threads took in the last attention
+// split by keys (for tests/ggml_edits.c)
+extern "C" { int64_t cllm_attention_keys[16]; }
+
+// cllm (port/patch-llama.py): one past the last key the one query row of dst may attend to;
 // the mask is -inf past it (llama.cpp pads the KV view to a multiple of 256 keys).
 static int64_t cllm_keys_in_use(const ggml_tensor * dst) {
     const ggml_tensor * k    = dst->src[1];
@@ -48,6 +53,12 @@ static void ggml_compute_forward_flash_attn_ext_f16(
 """,
       """    if (use_split_kv_path) {
         const int64_t chunk_size = (cllm_keys_in_use(dst) + nth - 1) / nth;    // cllm: not nek1
+"""),
+     ("""        const int64_t ic_end   = std::min(ic_start + chunk_size, nek1);
+""", """        const int64_t ic_end   = std::min(ic_start + chunk_size, nek1);
+        if (ith < 16) {
+            cllm_attention_keys[ith] = std::max<int64_t>(ic_end - ic_start, 0);     // cllm
+        }
 """)])
 
 # Flash attention accumulated the values of F16 V in F16: for each key, each of the head's 64

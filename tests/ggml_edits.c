@@ -13,6 +13,9 @@
 
 static int failures;
 
+// port/patch-llama.py: the keys each thread took in the last attention split by keys
+extern int64_t cllm_attention_keys[16];
+
 static void check(int ok, const char * what, double worst) {
     printf("%s %s (worst %.3g)\n", ok ? "ok" : "FAIL", what, worst);
     failures += !ok;
@@ -201,12 +204,23 @@ static void attention(int n_kv, int used) {
     struct ggml_tensor * out = ggml_flash_attn_ext(ctx, q, k, v, mask, scale, 0.0f, 0.0f);
     double worst = 0, spread = 0;
     float * one = compute(ctx, out, 1);
+    int even = 1;       // from 512 keys: the keys in use shared out evenly
     for (int nth = 2; nth <= 3; nth++) {
         memset(out->data, 0xff, ggml_nbytes(out));
+        memset(cllm_attention_keys, 0, sizeof(cllm_attention_keys));
         float * many = compute(ctx, out, nth);
         for (int i = 0; i < D * HEADS; i++) {
             spread = fmax(spread, isnan(many[i]) ? INFINITY : fabs(many[i] - one[i]));
         }
+        // each thread a chunk of ceil(used / nth) keys (the last one's may reach past the keys in
+        // use by under nth masked ones); ggml's split took chunks of ceil(n_kv / nth)
+        const int64_t chunk = (used + nth - 1) / nth;
+        int64_t total = 0;
+        for (int t = 0; t < nth; t++) {
+            even &= n_kv < 512 || (cllm_attention_keys[t] <= chunk && cllm_attention_keys[t] >= chunk - nth);
+            total += cllm_attention_keys[t];
+        }
+        even &= n_kv < 512 ? total == 0 : total >= used && total < used + nth;
         free(many);
     }
     // softmax(q.k * scale) . v in double over the keys in use, q rounded to F16 as ggml does
@@ -237,8 +251,9 @@ static void attention(int n_kv, int used) {
     }
     char what[200];
     snprintf(what, sizeof what, "flash attention, one query, %d of %d F16 keys: within 1e-4 of softmax(qk)v in "
-             "double, and 2 and 3 threads within 1e-5 of 1 (spread %.3g)", used, n_kv, spread);
-    check(worst < 1e-4 && spread < 1e-5, what, worst);
+             "double, and 2 and 3 threads within 1e-5 of 1 (spread %.3g)%s", used, n_kv, spread,
+             n_kv < 512 ? "" : ", each taking its share of the keys in use");
+    check(worst < 1e-4 && spread < 1e-5 && even, what, worst);
     free(one);
     ggml_free(ctx);
 }

@@ -152,6 +152,10 @@ def test_health_models_props(srv):
     assert props["default_generation_settings"]["params"]["temperature"] == 0.8
     assert props["default_generation_settings"]["params"]["cache_prompt"] is False     # from the command line
     assert "<|im_start|>" in props["chat_template"] and props["bos_token"] == "<s>"
+    # which ggml kernels run and why: measured under QEMU's TCG, where SSE2 is the faster
+    kernels = props["cpu_kernels"]
+    assert kernels["name"] == "sse2" and kernels["reason"] == "measured" and not kernels["avx2_finished"]
+    assert 0 < kernels["sse2_us"] < kernels["avx2_us"], kernels
 
 
 def test_loading_model_answers_503(srv):

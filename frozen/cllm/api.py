@@ -663,7 +663,7 @@ async def props(req):
             "chat_template": meta["chat_template"] or "", "bos_token": token_text(meta["bos"]),
             "eos_token": token_text(meta["eos"]), "build_info": FINGERPRINT, "is_sleeping": False,
             "n_ctx": engine.n_ctx, "n_predict": settings.n_predict, "queue": settings.queue,
-            "api_key_required": bool(settings.api_key)}
+            "api_key_required": bool(settings.api_key), "cpu_kernels": llm.cpu_kernels()}
 
 
 # ---------------------------------------------------------------- tokens

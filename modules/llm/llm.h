@@ -70,10 +70,6 @@ mp_obj_t llm_sampler_close(mp_obj_t self);
 
 mp_obj_t llm_generator_iternext(mp_obj_t self);
 
-// cpu_variant.c: which of the two ggml CPU backends this machine runs (chosen once, at boot)
-void llm_cpu_variant_select(void);
-const char *llm_cpu_variant(void);
-
 mp_obj_t llm_verbose(mp_obj_t on);
 mp_obj_t llm_system_info(void);
 

@@ -10,12 +10,13 @@
 //   s = llm.Sampler(m, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
 //                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
 //   s.sample(seq_id=0) s.accept(t) s.reset()
-//   llm.cpu_variant() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
+//   llm.cpu_kernels() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
 #include <string.h>
 
 #include "py/runtime.h"
 #include "ndarray.h"
 #include "llm.h"
+#include "cpu_variant.h"
 
 // float32 logits as a ulab float64 array, converted here rather than element by element in Python
 mp_obj_t llm_floats_to_ndarray(const float *values, size_t n) {
@@ -95,11 +96,20 @@ MP_DEFINE_CONST_OBJ_TYPE(
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_verbose_obj, llm_verbose);
 static MP_DEFINE_CONST_FUN_OBJ_0(llm_system_info_obj, llm_system_info);
 
-// cpu_variant() -> "sse2" or "avx2": the ggml CPU kernels chosen at boot
-static mp_obj_t llm_cpu_variant_(void) {
-    return mp_obj_new_str(llm_cpu_variant(), strlen(llm_cpu_variant()));
+// cpu_kernels() -> {"name": "sse2" or "avx2", "reason": ..., "sse2_us": ..., "avx2_us": ...,
+// "avx2_finished": ...}: the ggml CPU kernels this machine runs and the measurement behind them
+// (the times are 0 unless measured)
+static mp_obj_t llm_cpu_kernels(void) {
+    const struct llm_cpu_choice *c = llm_cpu_choice();
+    mp_obj_t dict = mp_obj_new_dict(5);
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_name), mp_obj_new_str(c->name, strlen(c->name)));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_reason), mp_obj_new_str(c->reason, strlen(c->reason)));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_sse2_us), mp_obj_new_int_from_uint(c->sse2_us));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_avx2_us), mp_obj_new_int_from_uint(c->avx2_us));
+    mp_obj_dict_store(dict, MP_OBJ_NEW_QSTR(MP_QSTR_avx2_finished), mp_obj_new_bool(c->avx2_finished));
+    return dict;
 }
-static MP_DEFINE_CONST_FUN_OBJ_0(llm_cpu_variant_obj, llm_cpu_variant_);
+static MP_DEFINE_CONST_FUN_OBJ_0(llm_cpu_kernels_obj, llm_cpu_kernels);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_json_schema_to_grammar_obj, llm_json_schema_to_grammar);
 
 static const mp_rom_map_elem_t llm_module_globals_table[] = {
@@ -108,7 +118,7 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Sampler), MP_ROM_PTR(&llm_sampler_type) },
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
-    { MP_ROM_QSTR(MP_QSTR_cpu_variant), MP_ROM_PTR(&llm_cpu_variant_obj) },
+    { MP_ROM_QSTR(MP_QSTR_cpu_kernels), MP_ROM_PTR(&llm_cpu_kernels_obj) },
     { MP_ROM_QSTR(MP_QSTR_json_schema_to_grammar), MP_ROM_PTR(&llm_json_schema_to_grammar_obj) },
 };
 static MP_DEFINE_CONST_DICT(llm_module_globals, llm_module_globals_table);
