@@ -6,6 +6,7 @@ import math
 import random
 import time
 
+import kernel
 import llm
 from microdot import Microdot, Request, Response
 from microdot.microdot import NoCaseDict
@@ -14,7 +15,7 @@ from microdot.cors import CORS
 from cllm import page, strictjson
 from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
 
-FINGERPRINT = "cllm-0.1.0"
+FINGERPRINT = "cllm-" + kernel.version
 PUBLIC = ("/health", "/v1/health")
 SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.95), ("min_p", float, 0.05),
             ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),

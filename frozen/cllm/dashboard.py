@@ -7,7 +7,7 @@ import time
 import vga
 
 ROWS = 4
-VERSION = "cllm 0.1.0"
+VERSION = "cllm " + kernel.version
 
 
 def address():

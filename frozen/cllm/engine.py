@@ -142,17 +142,6 @@ class Task:
         self.sent = max(self.sent, end)
         return chunk
 
-    async def next_text(self):
-        """The next piece of text; "" once more when finished (then None)."""
-        while True:
-            chunk = self.ready_text()
-            if chunk:
-                return chunk
-            if self.done:
-                return None
-            self.changed.clear()
-            await self.changed.wait()
-
     async def result(self):
         while not self.done:
             self.changed.clear()

@@ -301,9 +301,12 @@ static mp_obj_t kernel_exit_(size_t n_args, const mp_obj_t *args) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_exit_obj, 0, 1, kernel_exit_);
 
+// version: the kernel's, as its boot banner and uname() give it
+static MP_DEFINE_STR_OBJ(kernel_version_obj, KERNEL_VERSION);
+
 static const mp_rom_map_elem_t kernel_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_kernel) },
-    { MP_ROM_QSTR(MP_QSTR_version), MP_ROM_QSTR(MP_QSTR_0_dot_1_dot_0) },
+    { MP_ROM_QSTR(MP_QSTR_version), MP_ROM_PTR(&kernel_version_obj) },
     { MP_ROM_QSTR(MP_QSTR_cmdline), MP_ROM_PTR(&kernel_cmdline_obj) },
     { MP_ROM_QSTR(MP_QSTR_modules), MP_ROM_PTR(&kernel_modules_obj) },
     { MP_ROM_QSTR(MP_QSTR_mem), MP_ROM_PTR(&kernel_mem_obj) },
