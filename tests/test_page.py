@@ -1,4 +1,4 @@
-"""The chat page at / (frozen/cllm/page.py), in QEMU with the tiny GGUF and an API key, driven by
+"""The chat page at / (frozen/cllm/chat_page.py), in QEMU with the tiny GGUF and an API key, driven by
 Debian's headless Chromium over the DevTools protocol: the page loads without the key, shows the
 server's 401 until the key is typed in, then streams replies that equal the greedy
 /v1/chat/completions answers for the same conversation; Stop ends a reply; a screenshot is decoded
@@ -23,7 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 KEY = "secret"
 WIDTH, HEIGHT = 900, 640
 SCREENSHOT = os.path.join(os.path.dirname(__file__), "..", "build", "page.png")
-# Colours of page.py's style sheet.
+# Colours of chat_page.py's style sheet.
 HEADER, USER, ASSISTANT, ERROR = (0x1f, 0x2a, 0x44), (0x2f, 0x6f, 0xd6), (0xff, 0xff, 0xff), (0xfd, 0xe7, 0xe7)
 
 

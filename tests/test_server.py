@@ -781,7 +781,7 @@ def test_api_key_and_full_queue(model):
 
 STREAM_WRITES = """
 import asyncio
-from cllm import api
+from cllm import http
 from microdot import Response
 class W:
     writes = []
@@ -796,7 +796,7 @@ class Events:
         if not self.left:
             raise StopAsyncIteration
         return self.left.pop(0)
-asyncio.create_task(api.write_response(Response(Events(), 200, {"Content-Type": "text/event-stream"}), W()))
+asyncio.create_task(http.write_response(Response(Events(), 200, {"Content-Type": "text/event-stream"}), W()))
 """
 
 

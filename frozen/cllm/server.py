@@ -1,4 +1,5 @@
-"""The server: engine, API and serial REPL as tasks of one asyncio loop.
+"""The server: the wiring of settings, engine, HTTP server and API, and the serial REPL, as tasks of
+one asyncio loop.
 
 From the serial REPL while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
 or a new handler for a route through server.app (microdot's app.route)."""
@@ -6,13 +7,17 @@ import asyncio
 import kernel
 import time
 
-from cllm import api, dashboard, repl
-from cllm.log import log
-from cllm.engine import Engine
+from microdot.cors import CORS
 
-app = api.app
+from cllm import dashboard, repl
+from cllm.api import Api
+from cllm.engine import Engine
+from cllm.http import Server
+from cllm.log import log
+
 settings = None
 engine = None
+app = None
 
 
 def stats():
@@ -50,9 +55,12 @@ async def console(namespace, wait_ms=10000):
 
 
 async def main(namespace):
-    global engine
+    global engine, app
     engine = Engine(settings)
-    api.setup(engine, settings)
+    app = Server(settings)
+    # As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
+    CORS(app, allowed_origins="*", allow_credentials=True)
+    Api(app, engine, settings)
     asyncio.create_task(app.serve(settings.port))
     await asyncio.sleep_ms(0)           # listening, and answering 503 until the model is there
     try:
