@@ -102,7 +102,7 @@ LLAMA_BUILD := $(BUILD)/llama
 
 # ggml + libllama as static i386 archives with SSE2 and AVX2 CPU backends (and the SSE2 build's
 # llama-simple/-tokenize/-bench for tests and benchmarks)
-$(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/paged.sh port/patch-llama.py
+$(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/keep-in-page.sh port/patch-llama.py
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 

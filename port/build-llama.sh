@@ -36,7 +36,7 @@ common=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_STATIC=ON -DGG
 # No frame pointer (GCC's default at -O3): an i386 function has six free registers with one and
 # seven without, and ggml's Q4_1 dot product reloaded a pointer from the stack for every pair of
 # weights with one; TCG pays a software TLB lookup for each memory access. A section per function,
-# so the kernel can keep each small ggml function inside one page (port/paged.sh). No
+# so the kernel can keep each small ggml function inside one page (port/keep-in-page.sh). No
 # auto-vectorisation: TCG runs SSE integer vector code (unpacks, compares, 16-bit multiplies) through
 # helper calls, and scalar code faster - ggml's generic Q4_1 dot product vectorised by GCC ran prompts
 # at half the speed, and the whole build so generates 11 % faster. (The sse2 backend is chosen only
@@ -89,7 +89,7 @@ build sse2 llama ggml llama-common llama-simple llama-tokenize llama-bench -- "$
 build avx2 ggml-cpu -- -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 prefixed sse2
 prefixed avx2
-# no small function of the SSE2 backend or ggml-base across a page (port/paged.sh)
-"$(dirname "$0")/paged.sh" "$out/libggml-cpu-sse2.a" "$out/libggml-cpu-sse2.a"
-"$(dirname "$0")/paged.sh" "$out/sse2/ggml/src/libggml-base.a" "$out/libggml-base-paged.a"
+# no small function of the SSE2 backend or ggml-base across a page (port/keep-in-page.sh)
+"$(dirname "$0")/keep-in-page.sh" "$out/libggml-cpu-sse2.a" "$out/libggml-cpu-sse2.a"
+"$(dirname "$0")/keep-in-page.sh" "$out/sse2/ggml/src/libggml-base.a" "$out/libggml-base-paged.a"
 echo "llama.cpp: $out/libggml-cpu-sse2.a, $out/libggml-cpu-avx2.a and $out/libggml-base-paged.a ready"

@@ -157,7 +157,7 @@ Q4_1_WORDS = (
 """)])
 
 # The same for Q8_0 by Q8_0 (SmolLM2's output matrix, a fifth of its weights), in ggml's x86 file, whose
-# scalar loop is all an SSE2 build has: 64 loads for 32 weights, now 16.
+# scalar loop is all an SSE2 build has: 16 loads for 32 weights instead of 64.
 Q8_0_WORDS = (
     "ggml/src/ggml-cpu/arch/x86/quants.c",
     [("""    for (; ib < nb; ++ib) {

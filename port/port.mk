@@ -92,13 +92,13 @@ OBJ += $(PY_O)
 OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o) $(SRC_CXX:.cpp=.o))
 OBJ += $(KERNEL_OBJ)
 
-# What the kernel links: each object with no function under a page across a page (port/paged.sh;
+# What the kernel links: each object with no function under a page across a page (port/keep-in-page.sh;
 # TCG chains translated blocks only within a page). The interpreter's own small functions -
-# mp_binary_op, str.split, lwIP's tcp_write among them - were up to then wherever the link put them.
+# mp_binary_op, str.split, lwIP's tcp_write among them - would otherwise sit wherever the link puts them.
 PAGED_OBJ = $(patsubst $(BUILD)/%,$(BUILD)/paged/%,$(OBJ))
-$(BUILD)/paged/%.o: $(BUILD)/%.o port/paged.sh
+$(BUILD)/paged/%.o: $(BUILD)/%.o port/keep-in-page.sh
 	$(Q)mkdir -p $(@D)
-	$(Q)port/paged.sh $< $@
+	$(Q)port/keep-in-page.sh $< $@
 
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
 LIBS = $(LLAMA_LIBS) -lstdc++ -lm

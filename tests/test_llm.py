@@ -356,7 +356,7 @@ def test_cpu_kernels_chosen_by_measuring_and_overridable(models):
         # measured, not read from CPUID: under TCG the SSE2 kernels win although -cpu max has AVX2
         assert kernels["name"] == "sse2" and kernels["reason"] == "measured", kernels
     with Guest(modules=[models["tiny"]], mem="512M", append="ggml=avx2", timeout=300) as guest:
-        log = guest.wait_prompt().decode()
+        guest.wait_prompt()
         out = run(guest, """
 import llm
 from ulab import numpy as np
@@ -365,20 +365,20 @@ toks = list(m.generate(m.tokenize('Hello'), llm.Sampler(m, temperature=0), max_t
 m.kv_remove(); m.decode(m.tokenize('Hello'))
 print(llm.cpu_kernels()['name'], llm.cpu_kernels()['reason'], len(toks), np.max(abs(m.logits())) < 1e6)
 """, timeout=300)
+        assert "ggml: CPU kernels avx2, as the command line asks" in out      # logged at the model's load
         assert out.splitlines()[-1].split() == ["avx2", "command", "line", "4", "True"]
 
 
 def test_cpu_kernels_are_sse2_under_tcg_in_every_boot():
-    """The choice measures real values (a Q4_1 matrix with the fp16 table filled): before, it timed
-    dot products of all-zero scales, on which TCG's AVX2 came within 1 % of SSE2 and won by chance
-    in some boots, then ran the model ~6x slower. Under TCG it is SSE2 in every boot, on one CPU or two,
-    and the boot log gives the numbers."""
+    """The choice times a Q4_1 matrix on real values, with ggml's fp16 table filled: on all-zero
+    scales TCG's AVX2 comes within 1 % of SSE2, yet runs the model ~6x slower. Under TCG it is SSE2
+    in every boot, on one CPU or two, by a wide margin, and the log gives the numbers."""
     for boot in range(20):
         with Guest(mem="256M", smp=1 + boot % 2) as guest:
             guest.wait_prompt()
             guest.send(b"import llm; print(llm.cpu_kernels())\r")
             guest.expect(rb"ggml: CPU kernels (\w+) \(a Q4_1 matrix of 64x2048, best of 3: sse2 (\d+) us, "
-                                rb"avx2 (~?)(\d+) us;")
+                         rb"avx2 (~?)(\d+) us;")
             name, sse2, over, avx2 = guest.child.match.groups()
             assert (name, over) == (b"sse2", b"~") and int(avx2) > 2 * int(sse2), guest.child.match.group(0)
 
@@ -403,7 +403,7 @@ def test_no_small_ggml_function_straddles_a_page():
     """QEMU's TCG chains translated blocks directly only within a 4 KiB guest page: a loop whose body
     crosses a page takes a hash lookup each time round (ggml's Q4_1 dot product placed across one
     ran prompts 12 % slower). The SSE2 backend and ggml-base are linked so that no function of theirs
-    smaller than a page crosses one (port/paged.sh)."""
+    smaller than a page crosses one (port/keep-in-page.sh)."""
     small = small_functions()
     ggml = {name: at for name, at in small.items() if name.startswith("sse2_")}
     for name in ("quantize_row_q8_1_ref", "ggml_fp16_to_fp32_row"):     # ggml-base
@@ -414,7 +414,7 @@ def test_no_small_ggml_function_straddles_a_page():
 
 def test_no_small_interpreter_or_network_function_straddles_a_page():
     """The same for the kernel's own objects - MicroPython, lwIP, the port - which serve every request
-    (port.mk links them through port/paged.sh): linked as they fell, 38 of these crossed a page,
+    (port.mk links them through port/keep-in-page.sh): linked as they fell, 38 of these crossed a page,
     mp_binary_op, ip4_input and tcp_output among them."""
     ours = {name: at for name, at in small_functions().items()
             if name.startswith(("mp_", "gc_", "qstr", "tcp_", "ip4_", "pbuf_", "e1000_", "net_"))}

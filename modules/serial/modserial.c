@@ -6,7 +6,7 @@
 #include "py/mperrno.h"
 #include "py/mphal.h"
 #include "port/drivers/console.h"
-#include "port/drivers/serial.h"
+#include "port/drivers/ns16550.h"
 #include "port/drivers/uart.h"
 
 #define DEFAULT_BAUD 115200

@@ -9,7 +9,7 @@
 #include "gdt.h"
 #include "trap.h"
 #include "mem.h"
-#include "../drivers/serial.h"
+#include "../drivers/ns16550.h"
 #include "../drivers/pic.h"
 #include "../drivers/clock.h"
 

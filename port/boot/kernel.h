@@ -58,7 +58,7 @@ static inline void irq_restore(uint32_t flags) {
 }
 // This CPU's number: 0 is the one that booted, the others count up in start-up order.
 int cpu_id(void);
-// Per CPU, in cpu.c: FPU/SSE/AVX on (first thing); QEMU's software TLB grown to cover RAM.
+// Per CPU, in cpu_setup.c: FPU/SSE/AVX on (first thing); QEMU's software TLB grown to cover RAM.
 void cpu_init(void);
 void cpu_grow_tlb(void);
 

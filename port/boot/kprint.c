@@ -3,7 +3,7 @@
 #include "kprint.h"
 #include "kernel.h"
 #include "spinlock.h"
-#include "../drivers/serial.h"
+#include "../drivers/ns16550.h"
 #include "../drivers/vga.h"
 
 static void put(char c) {

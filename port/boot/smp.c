@@ -3,7 +3,7 @@
 // 1 MiB. CPUs start one at a time, each on its own small stack, load their own GDT (and so
 // their own TSS and TLS slots) and the shared IDT, and then halt until a thread arrives.
 #include "smp.h"
-#include "cpus.h"
+#include "cpu_tables.h"
 #include "lapic.h"
 #include "kprint.h"
 #include "../drivers/clock.h"

@@ -1,32 +1,19 @@
 #include "console.h"
-#include "serial.h"
+#include "ns16550.h"
 #include "vga.h"
 #include "../boot/kernel.h"
 #include "../boot/trap.h"
 
-#define RX_SIZE 4096    // a power of two: indices wrap with a mask
-
-static volatile char rx_buf[RX_SIZE];
-static volatile unsigned rx_head, rx_tail;  // written by the IRQ handler / by readers
-static volatile unsigned rx_dropped;
+static struct serial_rx rx;
 static volatile unsigned interrupts;
 static int interrupt_char = -1;
 static void (*interrupt_fn)(void);
 
 static void com1_irq(void) {
-    int c;
-    while ((c = serial_getc(COM1)) >= 0) {
-        if (c == interrupt_char && interrupt_fn) {
-            interrupts++;
-            interrupt_fn();
-            continue;
-        }
-        if (rx_head - rx_tail == RX_SIZE) {
-            rx_dropped++;
-            continue;
-        }
-        rx_buf[rx_head & (RX_SIZE - 1)] = (char)c;
-        rx_head++;
+    unsigned n = serial_rx_drain(COM1, &rx, interrupt_fn ? interrupt_char : -1);
+    if (n) {
+        interrupts += n;
+        interrupt_fn();
     }
 }
 
@@ -53,16 +40,11 @@ void console_write_cooked(const char *s, size_t n) {
 }
 
 int console_read_byte(void) {
-    if (rx_head == rx_tail) {
-        return -1;
-    }
-    char c = rx_buf[rx_tail & (RX_SIZE - 1)];
-    rx_tail++;
-    return (unsigned char)c;
+    return serial_rx_get(&rx);
 }
 
 size_t console_rx_available(void) {
-    return rx_head - rx_tail;
+    return serial_rx_count(&rx);
 }
 
 void console_set_interrupt(int c, void (*fn)(void)) {

@@ -1,27 +1,17 @@
 // COM2: the second 16550 of the PC, at 0x2f8 on IRQ 3. Received bytes go into a ring from the
-// interrupt handler, which must not touch SSE registers or call glibc: plain byte moves only.
+// interrupt handler.
 #include "uart.h"
-#include "serial.h"
+#include "ns16550.h"
 #include "../boot/kernel.h"
 #include "../boot/trap.h"
 
 #define COM2_IRQ 3
 
-static volatile uint8_t rx_buf[UART_RX_SIZE];
-static volatile unsigned rx_head, rx_tail;  // written by the IRQ handler / by readers
-static volatile unsigned rx_dropped;
+static struct serial_rx rx;
 static int opened;
 
 static void com2_irq(void) {
-    int c;
-    while ((c = serial_getc(COM2)) >= 0) {
-        if (rx_head - rx_tail == UART_RX_SIZE) {
-            rx_dropped++;
-            continue;
-        }
-        rx_buf[rx_head & (UART_RX_SIZE - 1)] = (uint8_t)c;
-        rx_head++;
-    }
+    serial_rx_drain(COM2, &rx, -1);
 }
 
 int uart_open(int port, uint32_t baud) {
@@ -60,19 +50,19 @@ void uart_write(int port, const uint8_t *buf, size_t n) {
 size_t uart_read(int port, uint8_t *buf, size_t n) {
     (void)port;
     size_t i = 0;
-    while (i < n && rx_tail != rx_head) {
-        buf[i++] = rx_buf[rx_tail & (UART_RX_SIZE - 1)];
-        rx_tail++;
+    int c;
+    while (i < n && (c = serial_rx_get(&rx)) >= 0) {
+        buf[i++] = (uint8_t)c;
     }
     return i;
 }
 
 size_t uart_rx_available(int port) {
     (void)port;
-    return rx_head - rx_tail;
+    return serial_rx_count(&rx);
 }
 
 unsigned uart_rx_dropped(int port) {
     (void)port;
-    return rx_dropped;
+    return rx.dropped;
 }

@@ -5,7 +5,6 @@
 // Serial ports other than the console (COM1 belongs to console.c): COM2, with an
 // interrupt-fed receive ring and polled output.
 #define UART_COM2           2
-#define UART_RX_SIZE        4096    // a power of two
 
 int uart_open(int port, uint32_t baud);     // 0, or -1 when no UART answers there
 int uart_set_baud(int port, uint32_t baud);

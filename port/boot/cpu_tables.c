@@ -2,7 +2,7 @@
 // Processor Local APIC entry per CPU; older firmware has only the Intel MultiProcessor
 // Specification 1.4 table. Both hang off a signature the BIOS leaves in the first KiB of the
 // EBDA or in the ROM area 0xe0000-0xfffff, on a 16-byte boundary.
-#include "cpus.h"
+#include "cpu_tables.h"
 #include "kernel.h"
 
 #define EBDA_SEGMENT_PTR    0x40e

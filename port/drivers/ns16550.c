@@ -1,6 +1,6 @@
 // The 16550 UART, as on every PC since the AT (register names from the National
 // Semiconductor PC16550D datasheet).
-#include "serial.h"
+#include "ns16550.h"
 #include "../boot/io.h"
 
 #define RBR 0   // receive buffer (read)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# port/paged.sh IN OUT: a copy of an object file or archive (built with -ffunction-sections) with
+# port/keep-in-page.sh IN OUT: a copy of an object file or archive (built with -ffunction-sections) with
 # each function smaller than a page aligned to the power of two at or above its size, so that no
 # such function straddles a 4 KiB page however the linker places it. QEMU's TCG chains translated
 # blocks directly only within a guest page: a branch to another page goes through a hash lookup
