@@ -117,7 +117,7 @@ static uint64_t time_matrix(const struct cpu_variant *v, const struct operands *
 }
 
 // AVX2 is chosen only if it takes under 2/3 of SSE2's time. A host that stalls QEMU can only make
-// a round slower and the best of three rounds sees through that, while the two are 5-7x apart
+// a round slower and the best of three rounds sees through that, while the two are 5-12x apart
 // wherever measured (natively AVX2 faster, under TCG slower), so noise cannot flip the choice.
 // Where they come close, SSE2 is the choice, as the kernels that ran whole decodes faster
 // where both were measured (TCG).
