@@ -11,13 +11,10 @@
 #include "extmod/vfs_posix.h"
 #include "shared/runtime/gchelper.h"
 #include "shared/runtime/pyexec.h"
-#include "port/boot/kernel.h"
-#include "port/boot/mem.h"
-#include "port/boot/panic.h"
-#include "port/boot/smp.h"
-#include "port/drivers/console.h"
-#include "port/drivers/clock.h"
-#include "port/lwip/net.h"
+#include "kernel/kernel.h"
+#include "kernel/smp.h"
+#include "drivers/console.h"
+#include "net/net.h"
 #include "port/qstrindex.h"
 #include "extmod/modnetwork.h"
 
@@ -42,15 +39,15 @@ static size_t gc_heap_size(void) {
         }
         printf("cllm: ignoring heap=%s (need at least 64K)\n", buf);
     }
-    struct mem_stats s;
-    mem_get_stats(&s);
+    struct ram_stats s;
+    ram_get_stats(&s);
     size_t size = s.free / 8;
     return size < HEAP_MIN ? HEAP_MIN : size > HEAP_MAX ? HEAP_MAX : size;
 }
 
 static void print_banner(size_t heap) {
-    struct mem_stats s;
-    mem_get_stats(&s);
+    struct ram_stats s;
+    ram_get_stats(&s);
     printf("%s cllm %s (MicroPython %s) on i386\n", clock_stamp(), KERNEL_VERSION, MICROPY_VERSION_STRING);
     printf("%s RAM: %u MiB found, %u MiB free at 0x%08x-0x%08x\n", clock_stamp(), (unsigned)(kernel.ram_bytes / MIB),
         (unsigned)(s.free / MIB), (unsigned)kernel.free_start, (unsigned)kernel.free_end);
@@ -69,6 +66,20 @@ static void print_banner(size_t heap) {
     fflush(stdout);
 }
 
+// lwIP's starvation timer (net.c) asks for a poll from interrupt context: MicroPython runs it
+// at the next branch of bytecode. The node stays queued across a soft reboot (mp_init keeps
+// the scheduler's list of nodes).
+static mp_sched_node_t net_poll_node;
+
+static void net_poll_scheduled(mp_sched_node_t *node) {
+    (void)node;
+    net_poll();
+}
+
+static void net_poll_soon(void) {
+    mp_sched_schedule_node(&net_poll_node, net_poll_scheduled);
+}
+
 static void mount_boot_modules(void) {
     mp_obj_t args[2] = {
         MP_OBJ_TYPE_GET_SLOT(&mp_type_vfs_posix, make_new)(&mp_type_vfs_posix, 0, 0, NULL),
@@ -83,7 +94,7 @@ int main(int argc, char **argv) {
     (void)argv;
     console_init();
     __asm__ volatile ("sti");
-    smp_init();
+    smp_init(cpu_idle_loop);    // the other CPUs wait for the threads glibc's clone hands them
 
     size_t heap_size = gc_heap_size();
     void *heap = malloc(heap_size);
@@ -92,7 +103,7 @@ int main(int argc, char **argv) {
         kernel_exit(1);
     }
     print_banner(heap_size);
-    net_init();
+    net_init(net_poll_soon);
 
     qstr_index_init();
     mp_stack_ctrl_init();

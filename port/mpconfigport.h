@@ -41,7 +41,7 @@
 #define MICROPY_PY_SELECT                   (1)
 #define MICROPY_PY_ASYNCIO                  (1)
 #define MICROPY_PY_HASHLIB                  (1)
-#define MICROPY_PY_RANDOM_SEED_INIT_FUNC    (mp_hal_random_seed())
+#define MICROPY_PY_RANDOM_SEED_INIT_FUNC    ((uint32_t)kernel_random())
 #define MICROPY_PY_MACHINE                  (0)
 
 // Files: the boot modules, through the Linux system calls glibc makes to our shim
@@ -50,7 +50,7 @@
 #define MICROPY_READER_VFS                  (1)
 
 // Waiting: sleep until the next interrupt (the PIT ticks every millisecond), unless the network
-// has just received something (port/lwip/net.h).
+// has just received something (net/net.h).
 #define MICROPY_INTERNAL_WFE(TIMEOUT_MS)    net_idle()
 
 // Networking: lwIP (MICROPY_PY_LWIP=1, set by port.mk) is the socket module; network.LAN is the
@@ -63,7 +63,7 @@ extern const struct _mp_obj_type_t network_lan_type;
 void net_poll(void);
 void net_idle(void);
 
-// The scheduler also takes work from interrupt handlers (port/lwip/net.c): its queue is guarded
+// The scheduler also takes work from interrupt handlers (net/net.c): its queue is guarded
 // by turning interrupts off (one CPU runs MicroPython and takes every device interrupt).
 #define MICROPY_SCHEDULER_STATIC_NODES      (1)
 #define MICROPY_BEGIN_ATOMIC_SECTION()      mp_hal_begin_atomic_section()
@@ -78,5 +78,4 @@ typedef long mp_off_t;
 
 #define MP_STATE_PORT MP_STATE_VM
 
-uint32_t mp_hal_random_seed(void);
-#include "port/boot/kernel.h"
+#include "kernel/kernel.h"

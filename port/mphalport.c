@@ -3,9 +3,8 @@
 #include "py/runtime.h"
 #include "py/stream.h"
 #include "shared/runtime/interrupt_char.h"
-#include "port/drivers/console.h"
-#include "port/boot/kernel.h"
-#include "port/drivers/clock.h"
+#include "kernel/kernel.h"
+#include "drivers/console.h"
 
 int mp_hal_stdin_rx_chr(void) {
     for (;;) {
@@ -79,8 +78,4 @@ void mp_hal_delay_us(mp_uint_t us) {
     while (clock_ns() < end) {
         mp_event_handle_nowait();
     }
-}
-
-uint32_t mp_hal_random_seed(void) {
-    return (uint32_t)(clock_epoch_ns() ^ mp_hal_ticks_cpu());
 }

@@ -1,7 +1,8 @@
 # The cllm MicroPython port. Run from the repository root by the top-level Makefile:
 #   make -f port/port.mk MPY_TOP=<unpacked MicroPython> ULAB_TOP=<unpacked ulab> \
 #       LLAMA_SRC=<vendor/llama.cpp> LLAMA_BUILD=<its static i386 build> PORT_BUILD=<output folder>
-# Sources are named relative to the repository root (port/..., modules/...).
+# Sources are named relative to the repository root, one folder per layer, each depending only on
+# those before it: kernel/, drivers/, net/, port/ (this MicroPython port), modules/, frozen/.
 
 TOP := $(MPY_TOP)
 BUILD := $(PORT_BUILD)
@@ -34,11 +35,11 @@ USER_C_MODULES = $(ULAB_TOP)
 
 # lwIP 2.2.1 (Debian source package, unpacked beside MicroPython) under extmod/modlwip.c.
 # extmod.mk compiles it from $(TOP)/lib/lwip/src, which the repack leaves empty: link that
-# to the unpacked tree before any rule runs. The port's lwipopts.h and arch/cc.h are in port/lwip.
+# to the unpacked tree before any rule runs. The port's lwipopts.h and arch/cc.h are in net/.
 MICROPY_PY_LWIP = 1
 LWIP_TOP := $(abspath $(TOP)/../lwip)
 $(if $(wildcard $(TOP)/lib/lwip/src/core),,$(shell ln -sfn $(LWIP_TOP)/src $(TOP)/lib/lwip/src))
-INC += -Iport/lwip
+INC += -Inet
 
 include $(TOP)/py/py.mk
 include $(TOP)/extmod/extmod.mk
@@ -51,8 +52,8 @@ AFLAGS = $(ARCH_FLAGS)
 
 # The kernel layer runs before glibc is initialised and inside interrupts: no implicit
 # memcpy/memset, no SSE registers (interrupt entry does not save them).
-KERNEL_SRC_C = $(wildcard port/boot/*.c port/drivers/*.c)
-KERNEL_SRC_S = port/boot/entry.S port/boot/traps.S port/boot/smp_entry.S
+KERNEL_SRC_C = $(wildcard kernel/*.c drivers/*.c)
+KERNEL_SRC_S = kernel/entry.S kernel/traps.S kernel/smp_entry.S
 KERNEL_OBJ = $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o) $(KERNEL_SRC_S:.S=.o))
 $(addprefix $(BUILD)/, $(KERNEL_SRC_C:.c=.o)): CFLAGS += -ffreestanding -fno-builtin -mgeneral-regs-only
 
@@ -67,9 +68,9 @@ SRC_C += \
 	shared/runtime/stdout_helpers.c \
 	shared/timeutils/timeutils.c \
 
-# Drivers as Python modules, and the lwIP netif
+# The lwIP netif, and the drivers as Python modules
 SRC_C += \
-	port/lwip/net.c \
+	net/net.c \
 	modules/pci/modpci.c \
 	modules/network/network_lan.c \
 	modules/serial/modserial.c \
@@ -103,7 +104,7 @@ $(BUILD)/paged/%.o: $(BUILD)/%.o port/keep-in-page.sh
 LDFLAGS = -m32 -static -no-pie -Wl,-e,mb_entry -Wl,-T,$(BUILD)/kernel.ld -Wl,--gc-sections
 LIBS = $(LLAMA_LIBS) -lstdc++ -lm
 # extmod/modlwip.c sets err and recv callbacks on listening pcbs too, which lwIP 2.2 asserts
-# against and which write past the smaller listen pcb: route its calls through port/lwip/net.c,
+# against and which write past the smaller listen pcb: route its calls through net/net.c,
 # as tcp_write's (to count the writes that find no memory).
 LDFLAGS += -Wl,--wrap=tcp_err -Wl,--wrap=tcp_recv -Wl,--wrap=tcp_write
 # MicroPython's qstr lookups from outside qstr.c go through a hash index over the qstrs in ROM

@@ -9,8 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "port/boot/kernel.h"
-#include "port/drivers/clock.h"
+#include "kernel/kernel.h"
 #include "modules/llm/cpu_variant.h"
 
 struct kernel_info kernel;

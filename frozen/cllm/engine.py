@@ -298,7 +298,7 @@ class Engine:
         while time.ticks_diff(time.ticks_ms(), t0) < budget:
             # A 1 ms wait, not sleep_ms(0): with a task ready, asyncio polls its sockets with
             # timeout 0, which skips the event hook that drains the NIC into lwIP (then only the
-            # poll the timer schedules after 20 ms without one would, port/lwip/net.c).
+            # poll the timer schedules after 20 ms without one would, net/net.c).
             await asyncio.sleep_ms(1)
             if not others_ready():
                 return

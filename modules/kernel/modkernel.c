@@ -9,11 +9,8 @@
 
 #include "py/runtime.h"
 #include "py/objstr.h"
-#include "port/boot/kernel.h"
-#include "port/boot/mem.h"
-#include "port/boot/trap.h"
-#include "port/boot/smp.h"
-#include "port/drivers/clock.h"
+#include "kernel/kernel.h"
+#include "kernel/smp.h"
 
 // cmdline() -> str: the kernel command line as the loader passed it
 static mp_obj_t kernel_cmdline(void) {
@@ -47,8 +44,8 @@ static void dict_set(mp_obj_t dict, qstr key, mp_obj_t value) {
 
 // mem() -> dict: RAM found and the state of the memory behind brk/mmap, in bytes
 static mp_obj_t kernel_mem(void) {
-    struct mem_stats s;
-    mem_get_stats(&s);
+    struct ram_stats s;
+    ram_get_stats(&s);
     mp_obj_t d = mp_obj_new_dict(5);
     dict_set(d, MP_QSTR_ram, mp_obj_new_int_from_uint(kernel.ram_bytes));
     dict_set(d, MP_QSTR_total, mp_obj_new_int_from_uint(s.total));

@@ -12,8 +12,7 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
-#include "port/boot/kernel.h"
-#include "port/drivers/clock.h"
+#include "kernel/kernel.h"
 #include "cpu_variant.h"
 
 #define VARIANT(p) \

@@ -26,9 +26,8 @@ extern "C" {
 #include "py/objstr.h"
 #include "py/mperrno.h"
 #include "llm.h"
-#include "port/drivers/clock.h"
-#include "port/boot/kernel.h"
-#include "port/boot/smp.h"
+#include "kernel/kernel.h"
+#include "kernel/smp.h"
 mp_obj_t llm_floats_to_ndarray(const float *values, size_t n);
 }
 

@@ -7,8 +7,8 @@
 #include "lwip/dhcp.h"
 #include "lwip/tcp.h"
 #include "lwip/priv/tcp_priv.h"
-#include "port/drivers/e1000.h"
-#include "port/lwip/net.h"
+#include "drivers/e1000.h"
+#include "net/net.h"
 
 // status() values, as on the stm32 port's LAN
 #define LINK_DOWN       0

@@ -1,7 +1,7 @@
-// pci: the PCI functions the machine has, read from configuration space (port/drivers/pci.c).
+// pci: the PCI functions the machine has, read from configuration space (drivers/pci.c).
 #include "py/runtime.h"
 #include "py/objtuple.h"
-#include "port/drivers/pci.h"
+#include "drivers/pci.h"
 
 static const qstr device_fields[] = {
     MP_QSTR_bus, MP_QSTR_slot, MP_QSTR_function, MP_QSTR_vendor, MP_QSTR_device,

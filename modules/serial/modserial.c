@@ -1,13 +1,13 @@
 // serial: the PC's 16550 UARTs in the style of machine.UART. UART(1) is COM1, the console the
-// REPL reads too (port/drivers/console.c); UART(2) is COM2 with its own receive ring
-// (port/drivers/uart.c). Both are streams that asyncio can poll.
+// REPL reads too (drivers/console.c); UART(2) is COM2 with its own receive ring
+// (drivers/uart.c). Both are streams that asyncio can poll.
 #include "py/runtime.h"
 #include "py/stream.h"
 #include "py/mperrno.h"
 #include "py/mphal.h"
-#include "port/drivers/console.h"
-#include "port/drivers/ns16550.h"
-#include "port/drivers/uart.h"
+#include "drivers/console.h"
+#include "drivers/ns16550.h"
+#include "drivers/uart.h"
 
 #define DEFAULT_BAUD 115200
 

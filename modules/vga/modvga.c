@@ -1,7 +1,7 @@
-// vga: the 80x25 text screen (port/drivers/vga.c). The console's output is mirrored on it until
+// vga: the 80x25 text screen (drivers/vga.c). The console's output is mirrored on it until
 // mirror(False); then the screen is the program's own.
 #include "py/runtime.h"
-#include "port/drivers/vga.h"
+#include "drivers/vga.h"
 
 static uint8_t colour(mp_obj_t c) {
     mp_int_t v = mp_obj_get_int(c);

@@ -1,0 +1,85 @@
+// The interrupt descriptor table and the one C entry point all traps go through.
+#include "kernel.h"
+#include "trap.h"
+#include "gdt.h"
+#include "lapic.h"
+
+struct idt_entry {
+    uint16_t offset_lo, selector;
+    uint8_t zero, type_attr;
+    uint16_t offset_hi;
+} __attribute__((packed));
+
+struct idt_ptr {
+    uint16_t limit;
+    uint32_t base;
+} __attribute__((packed));
+
+#define GATE_INTERRUPT  0x8e    // present, DPL 0, 32-bit interrupt gate: IF cleared on entry
+#define GATE_TRAP       0x8f    // present, DPL 0, 32-bit trap gate: IF left as it was
+#define GATE_TASK       0x85    // present, DPL 0, task gate
+
+static struct idt_entry idt[256];
+static void (*irq_handlers[IRQ_COUNT])(void);
+static void (*syscall_handler)(struct trapframe *tf);
+static void (*fault_handler)(struct trapframe *tf);
+
+extern const uint32_t trap_vectors[IRQ_BASE + IRQ_COUNT];
+extern void trap128(void), trap240(void), trap255(void);
+
+static void set_gate(int vec, uint32_t offset, uint16_t selector, uint8_t type) {
+    idt[vec].offset_lo = offset & 0xffff;
+    idt[vec].offset_hi = offset >> 16;
+    idt[vec].selector = selector;
+    idt[vec].zero = 0;
+    idt[vec].type_attr = type;
+}
+
+void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf)) {
+    syscall_handler = syscall;
+    fault_handler = fault;
+    for (int v = 0; v < IRQ_BASE + IRQ_COUNT; v++) {
+        set_gate(v, trap_vectors[v], SEL_KERNEL_CODE, GATE_INTERRUPT);
+    }
+    set_gate(8, 0, SEL_DF_TSS, GATE_TASK);
+    // A trap gate: system calls run with interrupts as the caller had them, so a blocking
+    // read on the console can wait for the serial interrupt.
+    set_gate(SYSCALL_VECTOR, (uint32_t)trap128, SEL_KERNEL_CODE, GATE_TRAP);
+    set_gate(VECTOR_IPI, (uint32_t)trap240, SEL_KERNEL_CODE, GATE_INTERRUPT);
+    set_gate(VECTOR_SPURIOUS, (uint32_t)trap255, SEL_KERNEL_CODE, GATE_INTERRUPT);
+    idt_load();
+}
+
+// Every CPU shares the one table.
+void idt_load(void) {
+    struct idt_ptr ptr;
+    ptr.limit = sizeof(idt) - 1;
+    ptr.base = (uint32_t)idt;
+    __asm__ volatile ("lidt %0" :: "m" (ptr));
+}
+
+void irq_register(int irq, void (*handler)(void)) {
+    irq_handlers[irq] = handler;
+    pic_unmask(irq);
+}
+
+void trap_dispatch(struct trapframe *tf) {
+    if (tf->vector == SYSCALL_VECTOR) {
+        syscall_handler(tf);
+    } else if (tf->vector == VECTOR_IPI) {
+        lapic_eoi();        // its only job was to end a hlt: the woken code looks for the reason
+    } else if (tf->vector == VECTOR_SPURIOUS) {
+        return;             // no EOI for a spurious interrupt
+    } else if (tf->vector >= IRQ_BASE && tf->vector < IRQ_BASE + IRQ_COUNT) {
+        int irq = tf->vector - IRQ_BASE;
+        if (pic_is_spurious(irq)) {
+            return;
+        }
+        if (irq_handlers[irq]) {
+            irq_handlers[irq]();
+        }
+        pic_eoi(irq);
+    } else {
+        fault_handler(tf);
+    }
+}
