@@ -4,7 +4,6 @@ import json
 
 import llm
 
-from cllm import strictjson
 from cllm.http import bad_request
 
 # llama-server's sampling fields, their types and defaults
@@ -14,10 +13,11 @@ SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.
 
 
 def body_of(req):
-    """The JSON object of a request body, checked strictly first (see strictjson)."""
+    """The JSON object of a request body. llama-server's own JSON reader checks it first (llm.json_check:
+    MicroPython's json.loads takes a truncated document and reads commas as whitespace)."""
     try:
         text = req.body.decode()
-        strictjson.check(text)
+        llm.json_check(req.body)
         body = json.loads(text)
     except ValueError as e:                 # UnicodeError is a ValueError too
         raise bad_request("Invalid JSON in the request body: {}".format(e))

@@ -71,6 +71,7 @@ mp_obj_t llm_sampler_close(mp_obj_t self);
 mp_obj_t llm_generator_iternext(mp_obj_t self);
 
 mp_obj_t llm_verbose(mp_obj_t on);
+mp_obj_t llm_json_check(size_t n_args, const mp_obj_t *args);     // json_check.cpp
 mp_obj_t llm_system_info(void);
 
 #ifdef __cplusplus

@@ -11,6 +11,7 @@
 //                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
 //   s.sample(seq_id=0) s.accept(t) s.reset()
 //   llm.cpu_kernels() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
+//   llm.json_check(data, max_depth=256)
 #include <string.h>
 
 #include "py/runtime.h"
@@ -111,6 +112,7 @@ static mp_obj_t llm_cpu_kernels(void) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(llm_cpu_kernels_obj, llm_cpu_kernels);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_json_schema_to_grammar_obj, llm_json_schema_to_grammar);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_json_check_obj, 1, 2, llm_json_check);
 
 static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_llm) },
@@ -120,6 +122,7 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_cpu_kernels), MP_ROM_PTR(&llm_cpu_kernels_obj) },
     { MP_ROM_QSTR(MP_QSTR_json_schema_to_grammar), MP_ROM_PTR(&llm_json_schema_to_grammar_obj) },
+    { MP_ROM_QSTR(MP_QSTR_json_check), MP_ROM_PTR(&llm_json_check_obj) },
 };
 static MP_DEFINE_CONST_DICT(llm_module_globals, llm_module_globals_table);
 
