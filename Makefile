@@ -25,13 +25,14 @@ QEMU_MACHINE = -machine pc $(QEMU_ACCEL) -cpu $(CPU) -m $(MEM) -no-reboot \
 	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0
 QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
 
-# `make image`: the kernel command line baked into the image, from these and APPEND.
+# `make image`: the kernel command line baked into the image, from these and APPEND; an appliance
+# reboots after a panic unless APPEND says otherwise (panic=halt).
 IMAGE    ?= $(BUILD)/cllm.iso
 N_CTX    ?=
 PARALLEL ?=
 API_KEY  ?=
 IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=$(PARALLEL)) \
-	$(if $(API_KEY),api_key=$(API_KEY)) $(APPEND))
+	$(if $(API_KEY),api_key=$(API_KEY)) $(APPEND) $(if $(findstring panic=,$(APPEND)),,panic=reboot))
 # Serial console on this terminal, multiplexed with the QEMU monitor: Ctrl-A x quits,
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
 QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline

@@ -192,9 +192,10 @@ uint32_t boot_main(uint32_t magic, const struct multiboot_info *mbi) {
             (kernel.free_end > kernel.free_start ? kernel.free_end - kernel.free_start : 0) / 1024);
         kernel_exit(1);
     }
-    // QEMU's own Multiboot loader hands over RAM as the machine powered on: all zero.
-    // After GRUB or on real hardware, free memory may hold anything.
-    int fresh = (mbi->flags & (1u << 9)) && mbi->boot_loader_name && kstr_eq((const char *)mbi->boot_loader_name, "qemu");
+    // QEMU's own Multiboot loader hands over RAM as the machine powered on: all zero, unless
+    // this boot follows a reset. After GRUB or on real hardware, free memory may hold anything.
+    int fresh = (mbi->flags & (1u << 9)) && mbi->boot_loader_name && kstr_eq((const char *)mbi->boot_loader_name, "qemu")
+        && !kernel_after_reset();
     ram_init(kernel.free_start, kernel.free_end, fresh);
     cpu_grow_tlb(kernel.free_end);
 

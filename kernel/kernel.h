@@ -42,6 +42,8 @@ extern struct kernel_info kernel;   // filled in by boot.c
 const char *cmdline_get(const char *key, char *buf, size_t buflen);
 // Power off: through QEMU's isa-debug-exit if present, else halt this CPU forever.
 void kernel_exit(int status) __attribute__((noreturn));
+void kernel_reboot(void) __attribute__((noreturn));     // reset, as the reset button
+int kernel_after_reset(void);       // whether this boot follows kernel_reboot (RAM is not all zero)
 
 // boot.c: from the Multiboot loader's hand-off to glibc's _start.
 // Drivers whose output the kernel's log needs from its first line (the console) name their
@@ -139,7 +141,8 @@ struct ram_stats {
 };
 void ram_get_stats(struct ram_stats *s);
 
-// panic.c: the dump, then power off with status PANIC_EXIT_STATUS.
+// panic.c: the dump, then power off with status PANIC_EXIT_STATUS, or with panic=reboot on the
+// command line reset the machine (an appliance boots back to serving).
 #define PANIC_EXIT_STATUS 0x10  // QEMU exits with (status << 1) | 1 = 33
 void panic(const char *why) __attribute__((noreturn));
 void panic_trap(struct trapframe *tf) __attribute__((noreturn));

@@ -92,6 +92,16 @@ static void panic_enter(void) {
     }
 }
 
+__attribute__((noreturn)) static void panic_end(void) {
+    kprintf("*** end of panic\n");
+    char how[16];
+    if (cmdline_get("panic", how, sizeof(how)) && kstr_eq(how, "reboot")) {
+        kprintf("cllm: rebooting (panic=reboot)\n");
+        kernel_reboot();
+    }
+    kernel_exit(PANIC_EXIT_STATUS);
+}
+
 static void print_cpu(void) {
     int me = cpu_id();
     kprintf("cpu %d (APIC id %u), thread %u\n", me, cpus[me].apic_id, cpus[me].tid);
@@ -113,8 +123,7 @@ void panic_trap(struct trapframe *tf) {
     print_syscall();
     print_location(tf->eip);
     backtrace(tf->ebp);
-    kprintf("*** end of panic\n");
-    kernel_exit(PANIC_EXIT_STATUS);
+    panic_end();
 }
 
 void panic(const char *why) {
@@ -123,8 +132,7 @@ void panic(const char *why) {
     print_cpu();
     print_syscall();
     backtrace((uint32_t)__builtin_frame_address(0));
-    kprintf("*** end of panic\n");
-    kernel_exit(PANIC_EXIT_STATUS);
+    panic_end();
 }
 
 // Entered through the double-fault task gate, on a stack of its own. The faulting

@@ -129,6 +129,18 @@ def test_cpu_fault_gives_panic_dump(kind, name, vector):
     assert status == PANIC_STATUS
 
 
+def test_panic_reboot_boots_again():
+    """With panic=reboot (an image's default) the dump is followed by a reset and a fresh boot."""
+    with Guest(append="panic=reboot", reboot=True) as g:
+        g.wait_prompt()
+        g.send(b"import kernel; kernel.fault('ud')\r")
+        g.expect_exact(b"*** end of panic")
+        g.expect_exact(b"cllm: rebooting (panic=reboot)")
+        g.expect(rb"cllm \S+ \(MicroPython", timeout=60)     # the banner of the next boot
+        g.wait_prompt()
+        assert g.eval("1 + 1") == "2"
+
+
 def test_exit_status_reaches_qemu():
     with Guest() as g:
         g.wait_prompt()

@@ -3,10 +3,13 @@ busy slot together (a new slot's whole prompt, the others' last token, in one de
 each slot's next token with its own llm.Sampler, and yields to asyncio between steps, so the
 server answers other requests while generating. Requests beyond the slots wait in a bounded queue."""
 import asyncio
+import sys
 import time
 from asyncio import core
 
 import llm
+
+from cllm.log import log
 
 
 class Busy(Exception):
@@ -209,7 +212,8 @@ class Engine:
         self.uses = 0
         self.wake = asyncio.Event()
         self.stats = {"prompt_tokens": 0, "prompt_ms": 0.0, "predicted_tokens": 0, "predicted_ms": 0.0,
-                      "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0}
+                      "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0,
+                      "restarts": 0}
 
     def load(self):
         s = self.settings
@@ -274,7 +278,33 @@ class Engine:
         self.wake.set()
 
     async def run(self):
-        """The scheduler: one decode for all busy slots per step, forever."""
+        """The scheduler, forever. An exception that escapes it (a bug, or a patch typed at the
+        console) fails every request in flight and waiting with a 500, is logged with its
+        traceback, and the scheduler starts again with every slot empty."""
+        while True:
+            try:
+                await self.schedule()
+            except Exception as e:
+                self.stats["restarts"] += 1
+                log("engine: {}: {}; failing {} requests and starting again".format(
+                    type(e).__name__, e, len(self.waiting) + len(self.busy_slots())))
+                sys.print_exception(e)
+                self.reset(e)
+
+    def reset(self, error):
+        """Every task failed with error, every slot and its sequence emptied."""
+        for task in self.waiting:
+            task.fail(error)
+        self.waiting = []
+        for s in self.slots:
+            if s.task:
+                s.task.fail(error)
+                s.task = None
+            s.cache, s.pending = [], []
+        self.model.kv_remove(-1)
+
+    async def schedule(self):
+        """One decode for all busy slots per step."""
         while True:
             self._assign()
             busy = [s for s in self.slots if s.task and not s.task.cancelled]
