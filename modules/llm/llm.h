@@ -1,5 +1,5 @@
-// The llm module's objects and the C++ functions behind them (llm.cpp); modllm.c holds the
-// MicroPython type and module tables, which C++ cannot spell.
+// The llm module's objects and the C++ functions behind them (llm.cpp, sampler.cpp); modllm.c
+// holds the MicroPython type and module tables, which C++ cannot spell.
 #pragma once
 #include <stdbool.h>
 #include "py/obj.h"

@@ -1,5 +1,5 @@
 // llm: llama.cpp inside the kernel. The tables here are the module's whole Python API; the
-// functions live in llm.cpp.
+// functions live in llm.cpp (the model, tokens, decoding) and sampler.cpp (sampling, generation).
 //
 //   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)

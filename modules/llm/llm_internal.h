@@ -1,0 +1,55 @@
+// What the llm module's C++ files share (llm.cpp: the model, tokens, decoding; sampler.cpp: sampling
+// and generation). C++ only: llm.h is the part modllm.c sees too.
+//
+// Two rules keep C++ and MicroPython's non-local returns (longjmp) apart:
+// - every llama.cpp call that might throw runs inside guarded(), which turns a C++ exception
+//   into a message; the Python exception is raised only after the try block has ended;
+// - no object with a destructor is alive in a frame that calls into MicroPython.
+#pragma once
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "llama.h"
+
+extern "C" {
+#include "py/runtime.h"
+#include "llm.h"
+}
+
+extern char cpp_error[256];     // what the last failed guarded() call threw
+extern char log_error[512];     // the latest ERROR line llama.cpp logged
+
+template <typename F>
+bool guarded(F body) {
+    try {
+        body();
+        return true;
+    } catch (const std::bad_alloc &) {
+        snprintf(cpp_error, sizeof(cpp_error), "out of memory");
+    } catch (const std::exception &e) {
+        snprintf(cpp_error, sizeof(cpp_error), "%s", e.what());
+    } catch (...) {
+        snprintf(cpp_error, sizeof(cpp_error), "unknown C++ exception");
+    }
+    return false;
+}
+
+[[noreturn]] void raise_cpp_error(void);
+
+#define GUARD(...) do { if (!guarded([&] { __VA_ARGS__; })) raise_cpp_error(); } while (0)
+
+// Python arguments checked against a model; each raises ValueError with what is wrong.
+llm_model_obj_t *open_context(mp_obj_t self_in);        // open, and not vocab_only
+llama_token token_arg(llm_model_obj_t *m, mp_obj_t o);
+llama_token *tokens_arg(llm_model_obj_t *m, mp_obj_t seq, size_t *n);
+int seq_arg(llm_model_obj_t *m, mp_obj_t o);
+int logits_index(llm_model_obj_t *m, int seq);          // the sequence's logits in the last decode
+
+struct decode_item {
+    int seq;
+    llama_token *tokens;
+    size_t n;
+};
+
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
