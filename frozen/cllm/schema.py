@@ -7,10 +7,9 @@ import llm
 from cllm import strictjson
 from cllm.http import bad_request
 
-# llama-server's sampling fields, their types and defaults
-SAMPLING = (("temperature", float, 0.8), ("top_k", int, 40), ("top_p", float, 0.95), ("min_p", float, 0.05),
-            ("seed", int, -1), ("repeat_penalty", float, 1.0), ("repeat_last_n", int, 64),
-            ("frequency_penalty", float, 0.0), ("presence_penalty", float, 0.0))
+# llama-server's sampling fields as (name, type, default): llm.Sampler's numeric keywords, whose defaults
+# are llama.cpp's own (common_params_sampling), each field of its default's type
+SAMPLING = tuple((name, type(default), default) for name, default in llm.sampling_defaults().items())
 
 
 def body_of(req):

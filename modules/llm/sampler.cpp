@@ -1,15 +1,51 @@
 // The llm module's sampling and generation: llm.Sampler, a llama.cpp sampler chain in the order of
 // llama.cpp's common sampler, and Model.generate, the decode-then-sample loop as a Python iterator.
 // The model, tokens and decoding are in llm.cpp; llm_internal.h is what both share.
+#include <cfloat>
 #include <cmath>
+#include <cstdlib>
 
+#include "common.h"                     // llama.cpp's common library: common_params_sampling
 #include "llm_internal.h"
 
 // ---------------------------------------------------------------- sampling
 
-// Sampler(model, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
-//         repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None,
-//         grammar_root="root", logit_bias=None). temperature <= 0 means greedy.
+// llama.cpp's sampling defaults, which llama-server starts each request from: the Sampler's, and
+// through sampling_defaults() those of the HTTP API's fields
+static const common_params_sampling defaults;
+
+// A seed as Python passes it: negative for LLAMA_DEFAULT_SEED, a new random seed per sampler
+static mp_int_t python_seed(uint32_t seed) {
+    return seed == LLAMA_DEFAULT_SEED ? -1 : (mp_int_t)seed;
+}
+
+// A float default as the decimal it is written as in C: 0.8f as 0.8, not 0.800000011920929
+static mp_obj_t decimal(float f) {
+    char text[32];
+    snprintf(text, sizeof(text), "%.*g", FLT_DIG, (double)f);
+    return mp_obj_new_float(strtod(text, nullptr));
+}
+
+// sampling_defaults() -> {keyword: value}: the defaults of Sampler's numeric keywords
+mp_obj_t llm_sampling_defaults(void) {
+    mp_obj_t d = mp_obj_new_dict(9);
+    auto store = [&](qstr name, mp_obj_t value) { mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(name), value); };
+    store(MP_QSTR_temperature, decimal(defaults.temp));
+    store(MP_QSTR_top_k, mp_obj_new_int(defaults.top_k));
+    store(MP_QSTR_top_p, decimal(defaults.top_p));
+    store(MP_QSTR_min_p, decimal(defaults.min_p));
+    store(MP_QSTR_seed, mp_obj_new_int(python_seed(defaults.seed)));
+    store(MP_QSTR_repeat_penalty, decimal(defaults.penalty_repeat));
+    store(MP_QSTR_repeat_last_n, mp_obj_new_int(defaults.penalty_last_n));
+    store(MP_QSTR_frequency_penalty, decimal(defaults.penalty_freq));
+    store(MP_QSTR_presence_penalty, decimal(defaults.penalty_present));
+    return d;
+}
+
+// Sampler(model, *, temperature, top_k, top_p, min_p, seed, repeat_penalty, repeat_last_n,
+//         frequency_penalty, presence_penalty, grammar=None, grammar_root="root", logit_bias=None):
+//         the numbers' defaults are llama.cpp's (sampling_defaults()). temperature <= 0 means
+//         greedy, a negative seed a random one.
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
     enum { ARG_model, ARG_temperature, ARG_top_k, ARG_top_p, ARG_min_p, ARG_seed, ARG_repeat_penalty,
            ARG_repeat_last_n, ARG_frequency_penalty, ARG_presence_penalty, ARG_grammar, ARG_grammar_root,
@@ -17,12 +53,12 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     static const mp_arg_t allowed[] = {
         { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_temperature, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_top_k, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 40} },
+        { MP_QSTR_top_k, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_top_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_min_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_seed, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = -1} },
+        { MP_QSTR_seed, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_repeat_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_repeat_last_n, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 64} },
+        { MP_QSTR_repeat_last_n, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_frequency_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_presence_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_grammar, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
@@ -38,8 +74,14 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     auto real = [&](int i, float dflt) {
         return args[i].u_obj == MP_OBJ_NULL ? dflt : (float)mp_obj_get_float(args[i].u_obj);
     };
-    float temperature = real(ARG_temperature, 0.8f), top_p = real(ARG_top_p, 0.95f), min_p = real(ARG_min_p, 0.05f);
-    float repeat = real(ARG_repeat_penalty, 1.0f), freq = real(ARG_frequency_penalty, 0.0f), pres = real(ARG_presence_penalty, 0.0f);
+    auto integer = [&](int i, mp_int_t dflt) {
+        return args[i].u_obj == MP_OBJ_NULL ? dflt : mp_obj_get_int(args[i].u_obj);
+    };
+    float temperature = real(ARG_temperature, defaults.temp), top_p = real(ARG_top_p, defaults.top_p);
+    float min_p = real(ARG_min_p, defaults.min_p), repeat = real(ARG_repeat_penalty, defaults.penalty_repeat);
+    float freq = real(ARG_frequency_penalty, defaults.penalty_freq), pres = real(ARG_presence_penalty, defaults.penalty_present);
+    int top_k = integer(ARG_top_k, defaults.top_k), last_n = integer(ARG_repeat_last_n, defaults.penalty_last_n);
+    mp_int_t seed_in = integer(ARG_seed, python_seed(defaults.seed));
     int n_vocab = llama_vocab_n_tokens(m->vocab);
 
     // logit_bias: {token: bias} or [(token, bias)], checked before anything is allocated
@@ -66,8 +108,7 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     }
     const char *grammar = args[ARG_grammar].u_obj == mp_const_none ? nullptr : mp_obj_str_get_str(args[ARG_grammar].u_obj);
     const char *root = args[ARG_grammar_root].u_obj == mp_const_none ? "root" : mp_obj_str_get_str(args[ARG_grammar_root].u_obj);
-    uint32_t seed = args[ARG_seed].u_int < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)args[ARG_seed].u_int;
-    int top_k = args[ARG_top_k].u_int, last_n = args[ARG_repeat_last_n].u_int;
+    uint32_t seed = seed_in < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)seed_in;
 
     llm_sampler_obj_t *self = mp_obj_malloc_with_finaliser(llm_sampler_obj_t, type);
     self->model = m;
