@@ -200,7 +200,7 @@ class Api:
             raise ApiError(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
         except Busy:
             raise ApiError(503, "no slot available, try again later", "unavailable_error")
-        except ValueError as e:                 # a bad grammar, a token id out of range
+        except ValueError as e:                 # a bad grammar
             raise bad_request(str(e))
 
     def choice_tasks(self, body, tokens, n_predict, n_probs):

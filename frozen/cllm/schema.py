@@ -78,7 +78,8 @@ def schema_grammar(body):
 def logit_bias(body, model, n_vocab):
     """llama-server's logit_bias: [[token id or text, bias], ...] or {"token id or text": bias}; a
     bias of false bans the token(s); text stands for each of its tokens. Ids outside the vocabulary
-    are skipped as upstream does; entries of the wrong shape are a 400 here, not skipped."""
+    are skipped as upstream does; entries of the wrong shape are a 400 here, not skipped. Returns
+    {id: bias or False}, as llm.Sampler takes it (which raises, for Python callers, where this skips)."""
     value = body.get("logit_bias")
     if value is None:
         return None
@@ -137,6 +138,7 @@ def prompt_tokens(prompt, model, n_vocab):
         tokens = model.tokenize(prompt, True, True)
     elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         tokens = prompt
+        # llm checks ids only when it decodes, in one batch with other requests: a bad id is this one's 400
         for t in tokens:
             if not 0 <= t < n_vocab:
                 raise bad_request("token id {} in the prompt is out of range (n_vocab {})".format(t, n_vocab))
