@@ -5,15 +5,10 @@
 // Linear in the length of data, no recursion; nesting deeper than max_depth stops the parse there.
 #include <cstdio>
 #include <cstring>
-#include <exception>
-#include <new>
 
 #include <nlohmann/json.hpp>
 
-extern "C" {
-#include "py/runtime.h"
-#include "llm.h"
-}
+#include "llm_internal.h"
 
 namespace {
 
@@ -57,17 +52,14 @@ struct checker : json::json_sax_t {
 // Fills error (empty: the document is valid). Every C++ object is gone when it returns, so the
 // caller may raise.
 void check(const char *data, size_t len, size_t max_depth, char *error, size_t error_size) {
-    try {
-        checker c(max_depth);
-        if (json::sax_parse(data, data + len, &c)) {
-            error[0] = 0;
-        } else {
-            snprintf(error, error_size, "%s", c.error[0] ? c.error : "invalid JSON");
-        }
-    } catch (const std::bad_alloc &) {
-        snprintf(error, error_size, "out of memory");
-    } catch (const std::exception &e) {
-        snprintf(error, error_size, "%s", e.what());
+    error[0] = 0;
+    if (!guarded([&] {
+            checker c(max_depth);
+            if (!json::sax_parse(data, data + len, &c)) {
+                snprintf(error, error_size, "%s", c.error[0] ? c.error : "invalid JSON");
+            }
+        })) {
+        snprintf(error, error_size, "%s", cpp_error);
     }
 }
 

@@ -2,388 +2,28 @@
 // examples/simple — load, tokenize, batch, decode, sample, detokenize. Policy (queues,
 // streaming, stop words, batching of requests) belongs to the frozen Python above.
 //
-// Two rules keep C++ and MicroPython's non-local returns (longjmp) apart:
-// - every llama.cpp call that might throw runs inside guarded(), which turns a C++ exception
-//   into a message; the Python exception is raised only after the try block has ended;
-// - no object with a destructor is alive in a frame that calls into MicroPython.
-#include <cerrno>
+// This file: what a request does with a loaded model, in the order a request does it: text to
+// tokens and back (and the chat template), decoding and logits, grammars, sampling (llm.Sampler:
+// a llama.cpp sampler chain in the order of llama.cpp's common sampler) and Model.generate.
+// Loading the model is in model.cpp; llm_internal.h is what both share, among it the two rules
+// that keep C++ exceptions and MicroPython's longjmp apart.
+#include <cfloat>
 #include <cmath>
 #include <cstdlib>
-#include <cstdio>
 #include <cstring>
-#include <exception>
-#include <new>
-#include <sys/stat.h>
 
-#include "llama.h"
-#include "ggml.h"
-#include "ggml-backend.h"
-#include "ggml-cpu.h"
-#include "json-schema-to-grammar.h"     // llama.cpp's common library: what llama-server uses
+#include "common.h"                     // llama.cpp's common library: common_params_sampling
+#include "json-schema-to-grammar.h"     // and json_schema_to_grammar, what llama-server uses
+#include "llm_internal.h"
 
 extern "C" {
-#include "py/runtime.h"
 #include "py/objstr.h"
-#include "py/mperrno.h"
-#include "llm.h"
-#include "kernel/kernel.h"
-#include "kernel/smp.h"
 mp_obj_t llm_floats_to_ndarray(const float *values, size_t n);
-}
-
-// ---------------------------------------------------------------- errors and logging
-
-static char cpp_error[256];     // what the last failed guarded() call threw
-static char log_error[512];     // the latest ERROR line llama.cpp logged
-static bool verbose;            // print llama.cpp's log on the console
-
-template <typename F>
-static bool guarded(F body) {
-    try {
-        body();
-        return true;
-    } catch (const std::bad_alloc &) {
-        snprintf(cpp_error, sizeof(cpp_error), "out of memory");
-    } catch (const std::exception &e) {
-        snprintf(cpp_error, sizeof(cpp_error), "%s", e.what());
-    } catch (...) {
-        snprintf(cpp_error, sizeof(cpp_error), "unknown C++ exception");
-    }
-    return false;
-}
-
-[[noreturn]] static void raise_cpp_error(void) {
-    if (strcmp(cpp_error, "out of memory") == 0) {
-        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("llama.cpp: out of memory"));
-    }
-    mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp: %s"), cpp_error);
-}
-
-#define GUARD(...) do { if (!guarded([&] { __VA_ARGS__; })) raise_cpp_error(); } while (0)
-
-// llama.cpp's log goes to the console only with llm.verbose(True): its errors come back as
-// exception messages, and its warnings would interleave with the program's own output.
-static void log_callback(enum ggml_log_level level, const char *text, void *) {
-    if (level == GGML_LOG_LEVEL_ERROR) {
-        snprintf(log_error, sizeof(log_error), "%s", text);
-        size_t n = strlen(log_error);
-        while (n && (log_error[n - 1] == '\n' || log_error[n - 1] == ' ')) {
-            log_error[--n] = 0;
-        }
-    }
-    if (verbose) {
-        fputs(text, stderr);
-    }
-}
-
-// GGML_ABORT paths: say what happened on the console, then raise instead of aborting.
-// The longjmp skips C++ destructors on the way out (memory may leak); the kernel lives on.
-static void abort_callback(const char *message) {
-    fprintf(stderr, "llama.cpp abort: %s\n", message);
-    mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp aborted: %s"), message);
-}
-
-static void backend_init(void) {
-    static bool done;
-    if (!done) {
-        llama_log_set(log_callback, nullptr);
-        ggml_set_abort_callback(abort_callback);
-        GUARD(llama_backend_init());
-        done = true;
-    }
-}
-
-mp_obj_t llm_verbose(mp_obj_t on) {
-    verbose = mp_obj_is_true(on);
-    return mp_const_none;
-}
-
-mp_obj_t llm_system_info(void) {
-    backend_init();
-    const char *info = llama_print_system_info();
-    return mp_obj_new_str(info, strlen(info));
-}
-
-// ---------------------------------------------------------------- the model
-
-static llm_model_obj_t *open_model(mp_obj_t self_in) {
-    llm_model_obj_t *self = (llm_model_obj_t *)MP_OBJ_TO_PTR(self_in);
-    if (!self->model) {
-        mp_raise_ValueError(MP_ERROR_TEXT("model is closed"));
-    }
-    return self;
-}
-
-// Decoding needs the context, which a vocab_only model does not have.
-static llm_model_obj_t *open_context(mp_obj_t self_in) {
-    llm_model_obj_t *self = open_model(self_in);
-    if (!self->ctx) {
-        mp_raise_ValueError(MP_ERROR_TEXT("a vocab_only model cannot decode"));
-    }
-    return self;
-}
-
-// With more than one thread, a pool of ggml workers that lives as long as the context, as llama-server
-// attaches one (common_threadpools): without it ggml starts and joins its workers for every decode.
-// Through the registry, as llama.cpp's tools do: the CPU backend is whichever variant won at boot.
-static void attach_threadpool(llm_model_obj_t *self, int n_threads) {
-    ggml_backend_dev_t cpu = n_threads > 1 ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) : nullptr;
-    if (!cpu) {
-        return;
-    }
-    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu);
-    auto *make = (decltype(ggml_threadpool_new) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
-    auto *release = (decltype(ggml_threadpool_free) *)ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free");
-    if (!make || !release) {
-        return;
-    }
-    struct ggml_threadpool_params params = ggml_threadpool_params_default(n_threads);
-    struct ggml_threadpool *pool = make(&params);
-    if (pool) {
-        llama_attach_threadpool(self->ctx, pool, pool);
-        self->threadpool = pool;
-        self->threadpool_free = release;
-    }
-}
-
-static llama_batch *model_batch(llm_model_obj_t *m) {
-    return (llama_batch *)m->batch;
-}
-
-mp_obj_t llm_model_close(mp_obj_t self_in) {
-    llm_model_obj_t *self = (llm_model_obj_t *)MP_OBJ_TO_PTR(self_in);
-    if (self->batch) {
-        llama_batch_free(*model_batch(self));
-        delete model_batch(self);
-        self->batch = nullptr;
-    }
-    if (self->ctx) {
-        llama_free(self->ctx);
-        self->ctx = nullptr;
-    }
-    if (self->threadpool) {
-        self->threadpool_free(self->threadpool);
-        self->threadpool = nullptr;
-    }
-    if (self->model) {
-        llama_model_free(self->model);
-        self->model = nullptr;
-    }
-    free(self->logits_index);
-    self->logits_index = nullptr;
-    return mp_const_none;
-}
-
-// A bar on the console as llama.cpp maps and checks the weights (Model(..., progress=True)).
-static int progress_shown;      // '#'s drawn so far in this load; -1 once the bar is complete
-
-static bool print_progress(float done, void *) {
-    int filled = done >= 1.0f ? 40 : (int)(done * 40.0f);
-    if (progress_shown >= 0 && filled != progress_shown) {
-        char bar[41];
-        for (int i = 0; i < 40; i++) {
-            bar[i] = i < filled ? '#' : '.';
-        }
-        bar[40] = 0;
-        fprintf(stderr, "\r%s llm: loading [%s] %3d%%%s", clock_stamp(), bar, filled * 100 / 40, filled == 40 ? "\n" : "");
-        progress_shown = filled == 40 ? -1 : filled;
-    }
-    return true;
-}
-
-// The engine's threads: threads=N on the kernel command line, else one per CPU. ggml's pool
-// starts n - 1 threads per graph and the kernel runs one thread per CPU: never more than CPUs.
-static int default_threads() {
-    char buf[16];
-    int n = cpu_count;
-    if (cmdline_get("threads", buf, sizeof(buf)) && atoi(buf) >= 1) {
-        n = atoi(buf) < cpu_count ? atoi(buf) : cpu_count;
-    }
-    return n;
-}
-
-// llama-server's --flash-attn values
-static llama_flash_attn_type flash_attn_type(mp_obj_t value) {
-    const char *s = mp_obj_str_get_str(value);
-    if (strcmp(s, "on") == 0) {
-        return LLAMA_FLASH_ATTN_TYPE_ENABLED;
-    }
-    if (strcmp(s, "off") == 0) {
-        return LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    }
-    if (strcmp(s, "auto") != 0) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("flash_attn=%s: need 'on', 'off' or 'auto'"), s);
-    }
-    return LLAMA_FLASH_ATTN_TYPE_AUTO;
-}
-
-// Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
-//       vocab_only=False, progress=False)
-mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_vocab_only, ARG_progress };
-    static const mp_arg_t allowed[] = {
-        { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
-        { MP_QSTR_n_batch, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 512} },
-        { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
-        { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
-        { MP_QSTR_flash_attn, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_auto)} },
-        { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
-        { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
-    };
-    mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
-    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed), allowed, args);
-    const char *path = mp_obj_str_get_str(args[ARG_path].u_obj);
-    int n_ctx = args[ARG_n_ctx].u_int, n_batch = args[ARG_n_batch].u_int;
-    int n_seq = args[ARG_n_seq].u_int, n_threads = args[ARG_n_threads].u_int;
-    if (n_threads == 0) {
-        n_threads = default_threads();
-    }
-    if (n_ctx < 8 || n_batch < 1 || n_seq < 1 || n_seq > 64 || n_threads < 1) {
-        mp_raise_ValueError(MP_ERROR_TEXT("need n_ctx >= 8, n_batch >= 1, 1 <= n_seq <= 64, n_threads >= 1"));
-    }
-    if (n_threads > cpu_count) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_threads=%d but %d CPUs: one thread per CPU"), n_threads, cpu_count);
-    }
-    llama_flash_attn_type fa = flash_attn_type(args[ARG_flash_attn].u_obj);
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        mp_raise_OSError_with_filename(errno, path);
-    }
-    backend_init();
-
-    llm_model_obj_t *self = mp_obj_malloc_with_finaliser(llm_model_obj_t, type);
-    self->model = nullptr;
-    self->ctx = nullptr;
-    self->batch = nullptr;
-    self->threadpool = nullptr;
-    self->logits_index = nullptr;
-    log_error[0] = 0;
-
-    llama_model_params mparams = llama_model_default_params();
-    mparams.load_mode = LLAMA_LOAD_MODE_MMAP;   // a boot module: mmap hands out its own memory
-    mparams.vocab_only = args[ARG_vocab_only].u_bool;
-    if (args[ARG_progress].u_bool) {
-        progress_shown = 0;
-        mparams.progress_callback = print_progress;
-    }
-    GUARD(self->model = llama_model_load_from_file(path, mparams));
-    if (!self->model) {
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("cannot load %s: %s"), path,
-            log_error[0] ? log_error : "not a usable GGUF model");
-    }
-    self->vocab = llama_model_get_vocab(self->model);
-    self->n_ctx = self->n_batch = self->n_seq = 0;
-    if (mparams.vocab_only) {
-        return MP_OBJ_FROM_PTR(self);
-    }
-
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx = n_ctx;
-    cparams.n_batch = n_batch;
-    cparams.n_ubatch = n_batch;
-    cparams.n_seq_max = n_seq;
-    cparams.n_threads = n_threads;
-    cparams.n_threads_batch = n_threads;
-    cparams.flash_attn_type = fa;
-    cparams.kv_unified = true;      // sequences share the n_ctx cells
-    cparams.n_outputs_max = n_seq;  // logits only for each sequence's last token: not n_batch x n_vocab floats
-    cparams.no_perf = false;
-    log_error[0] = 0;
-    GUARD(self->ctx = llama_init_from_model(self->model, cparams));
-    if (!self->ctx) {
-        llama_model_free(self->model);
-        self->model = nullptr;
-        mp_raise_msg_varg(&mp_type_MemoryError, MP_ERROR_TEXT("cannot create a context of %d tokens: %s"), n_ctx,
-            log_error[0] ? log_error : "out of memory?");
-    }
-    attach_threadpool(self, n_threads);
-    self->n_ctx = (int)llama_n_ctx(self->ctx);
-    self->n_batch = n_batch;
-    self->n_seq = n_seq;
-    self->logits_index = (int *)malloc(sizeof(int) * n_seq);
-    llama_batch *batch = new (std::nothrow) llama_batch;
-    if (!self->logits_index || !batch) {
-        delete batch;
-        llm_model_close(MP_OBJ_FROM_PTR(self));
-        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("out of memory"));
-    }
-    for (int i = 0; i < n_seq; i++) {
-        self->logits_index[i] = -1;
-    }
-    *batch = llama_batch_init(n_batch, 0, 1);
-    self->batch = batch;
-    return MP_OBJ_FROM_PTR(self);
-}
-
-static void dict_str(mp_obj_t d, const char *key, const char *value) {
-    mp_obj_dict_store(d, mp_obj_new_str(key, strlen(key)), value ? mp_obj_new_str(value, strlen(value)) : mp_const_none);
-}
-
-static void dict_int(mp_obj_t d, const char *key, long long value) {
-    mp_obj_dict_store(d, mp_obj_new_str(key, strlen(key)), mp_obj_new_int_from_ll(value));
-}
-
-static mp_obj_t token_or_none(llama_token t) {
-    return t == LLAMA_TOKEN_NULL ? mp_const_none : MP_OBJ_NEW_SMALL_INT(t);
-}
-
-mp_obj_t llm_model_meta(mp_obj_t self_in) {
-    llm_model_obj_t *self = open_model(self_in);
-    char buf[256];
-    mp_obj_t d = mp_obj_new_dict(16);
-    buf[0] = 0;
-    llama_model_meta_val_str(self->model, "general.architecture", buf, sizeof(buf));
-    dict_str(d, "architecture", buf);
-    buf[0] = 0;
-    llama_model_meta_val_str(self->model, "general.name", buf, sizeof(buf));
-    dict_str(d, "name", buf);
-    llama_model_desc(self->model, buf, sizeof(buf));
-    dict_str(d, "description", buf);
-    dict_int(d, "n_vocab", llama_vocab_n_tokens(self->vocab));
-    dict_int(d, "n_ctx_train", llama_model_n_ctx_train(self->model));
-    dict_int(d, "n_ctx", self->n_ctx);
-    dict_int(d, "n_embd", llama_model_n_embd(self->model));
-    dict_int(d, "n_layer", llama_model_n_layer(self->model));
-    dict_int(d, "n_params", (long long)llama_model_n_params(self->model));
-    dict_int(d, "size", (long long)llama_model_size(self->model));
-    dict_int(d, "n_seq", self->n_seq);
-    dict_int(d, "n_threads", self->ctx ? llama_n_threads(self->ctx) : 0);
-    dict_str(d, "chat_template", llama_model_chat_template(self->model, nullptr));
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_bos), token_or_none(llama_vocab_bos(self->vocab)));
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eos), token_or_none(llama_vocab_eos(self->vocab)));
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eot), token_or_none(llama_vocab_eot(self->vocab)));
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_bos), mp_obj_new_bool(llama_vocab_get_add_bos(self->vocab)));
-    mp_obj_t eog = mp_obj_new_list(0, nullptr);     // every end-of-generation token (eos, eot, eom, ...)
-    for (llama_token t = 0; t < llama_vocab_n_tokens(self->vocab); t++) {
-        if (llama_vocab_is_eog(self->vocab, t)) {
-            mp_obj_list_append(eog, MP_OBJ_NEW_SMALL_INT(t));
-        }
-    }
-    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eog), eog);
-    return d;
-}
-
-// json_schema_to_grammar(schema_json) -> GBNF text: llama.cpp's own converter, as llama-server
-// applies it to json_schema and response_format
-static std::string converted;     // the converter's output, outside any frame that calls MicroPython
-
-mp_obj_t llm_json_schema_to_grammar(mp_obj_t schema_in) {
-    const char *schema = mp_obj_str_get_str(schema_in);
-    if (!guarded([&] { converted = json_schema_to_grammar(common_json::parse(schema), false); })) {
-        if (strcmp(cpp_error, "out of memory") == 0) {
-            raise_cpp_error();
-        }
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("invalid JSON schema: %s"), cpp_error);
-    }
-    mp_obj_t out = mp_obj_new_str(converted.data(), converted.size());
-    converted.clear();
-    return out;
 }
 
 // ---------------------------------------------------------------- text and tokens
 
-static llama_token token_arg(llm_model_obj_t *m, mp_obj_t o) {
+llama_token token_arg(llm_model_obj_t *m, mp_obj_t o) {
     mp_int_t t = mp_obj_get_int(o);
     int n_vocab = llama_vocab_n_tokens(m->vocab);
     if (t < 0 || t >= n_vocab) {
@@ -393,7 +33,7 @@ static llama_token token_arg(llm_model_obj_t *m, mp_obj_t o) {
 }
 
 // A Python sequence of token ids as a validated array on the GC heap.
-static llama_token *tokens_arg(llm_model_obj_t *m, mp_obj_t seq, size_t *n) {
+llama_token *tokens_arg(llm_model_obj_t *m, mp_obj_t seq, size_t *n) {
     mp_obj_t *items;
     mp_obj_get_array(seq, n, &items);
     llama_token *tokens = m_new(llama_token, *n ? *n : 1);
@@ -546,7 +186,7 @@ mp_obj_t llm_model_apply_chat_template(size_t n_args, const mp_obj_t *pos_args, 
 
 // ---------------------------------------------------------------- decoding
 
-static int seq_arg(llm_model_obj_t *m, mp_obj_t o) {
+int seq_arg(llm_model_obj_t *m, mp_obj_t o) {
     mp_int_t seq = mp_obj_get_int(o);
     if (seq < 0 || seq >= m->n_seq) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("seq_id %d out of range [0, %d)"), (int)seq, m->n_seq);
@@ -585,15 +225,9 @@ static void run_batch(llm_model_obj_t *m) {
     }
 }
 
-struct decode_item {
-    int seq;
-    llama_token *tokens;
-    size_t n;
-};
-
 // Decode several sequences' tokens. Each sequence's tokens but the last go through in chunks of
 // n_batch; then all the last tokens share one batch, so every sequence has its logits at once.
-static void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
     if ((int)n_items > m->n_batch) {
         mp_raise_ValueError(MP_ERROR_TEXT("more sequences than n_batch"));
     }
@@ -673,7 +307,7 @@ mp_obj_t llm_model_decode_batch(mp_obj_t self_in, mp_obj_t items_in) {
     return mp_const_none;
 }
 
-static int logits_index(llm_model_obj_t *m, int seq) {
+int logits_index(llm_model_obj_t *m, int seq) {
     int idx = m->logits_index[seq];
     if (idx < 0) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("sequence %d has no logits: it was not in the last decode"), seq);
@@ -773,11 +407,63 @@ mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args) {
     return mp_const_none;
 }
 
+// ---------------------------------------------------------------- grammars
+
+// json_schema_to_grammar(schema_json) -> GBNF text: llama.cpp's own converter, as llama-server
+// applies it to json_schema and response_format
+static std::string converted;     // the converter's output, outside any frame that calls MicroPython
+
+mp_obj_t llm_json_schema_to_grammar(mp_obj_t schema_in) {
+    const char *schema = mp_obj_str_get_str(schema_in);
+    if (!guarded([&] { converted = json_schema_to_grammar(common_json::parse(schema), false); })) {
+        if (strcmp(cpp_error, "out of memory") == 0) {
+            raise_cpp_error();
+        }
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("invalid JSON schema: %s"), cpp_error);
+    }
+    mp_obj_t out = mp_obj_new_str(converted.data(), converted.size());
+    converted.clear();
+    return out;
+}
+
 // ---------------------------------------------------------------- sampling
 
-// Sampler(model, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
-//         repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None,
-//         grammar_root="root", logit_bias=None). temperature <= 0 means greedy.
+// llama.cpp's sampling defaults, which llama-server starts each request from: the Sampler's, and
+// through sampling_defaults() those of the HTTP API's fields
+static const common_params_sampling defaults;
+
+// A seed as Python passes it: negative for LLAMA_DEFAULT_SEED, a new random seed per sampler
+static mp_int_t python_seed(uint32_t seed) {
+    return seed == LLAMA_DEFAULT_SEED ? -1 : (mp_int_t)seed;
+}
+
+// A float default as the decimal it is written as in C: 0.8f as 0.8, not 0.800000011920929
+static mp_obj_t decimal(float f) {
+    char text[32];
+    snprintf(text, sizeof(text), "%.*g", FLT_DIG, (double)f);
+    return mp_obj_new_float(strtod(text, nullptr));
+}
+
+// sampling_defaults() -> {keyword: value}: the defaults of Sampler's numeric keywords
+mp_obj_t llm_sampling_defaults(void) {
+    mp_obj_t d = mp_obj_new_dict(9);
+    auto store = [&](qstr name, mp_obj_t value) { mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(name), value); };
+    store(MP_QSTR_temperature, decimal(defaults.temp));
+    store(MP_QSTR_top_k, mp_obj_new_int(defaults.top_k));
+    store(MP_QSTR_top_p, decimal(defaults.top_p));
+    store(MP_QSTR_min_p, decimal(defaults.min_p));
+    store(MP_QSTR_seed, mp_obj_new_int(python_seed(defaults.seed)));
+    store(MP_QSTR_repeat_penalty, decimal(defaults.penalty_repeat));
+    store(MP_QSTR_repeat_last_n, mp_obj_new_int(defaults.penalty_last_n));
+    store(MP_QSTR_frequency_penalty, decimal(defaults.penalty_freq));
+    store(MP_QSTR_presence_penalty, decimal(defaults.penalty_present));
+    return d;
+}
+
+// Sampler(model, *, temperature, top_k, top_p, min_p, seed, repeat_penalty, repeat_last_n,
+//         frequency_penalty, presence_penalty, grammar=None, grammar_root="root", logit_bias=None):
+//         the numbers' defaults are llama.cpp's (sampling_defaults()). temperature <= 0 means
+//         greedy, a negative seed a random one.
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
     enum { ARG_model, ARG_temperature, ARG_top_k, ARG_top_p, ARG_min_p, ARG_seed, ARG_repeat_penalty,
            ARG_repeat_last_n, ARG_frequency_penalty, ARG_presence_penalty, ARG_grammar, ARG_grammar_root,
@@ -785,12 +471,12 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     static const mp_arg_t allowed[] = {
         { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_temperature, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_top_k, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 40} },
+        { MP_QSTR_top_k, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_top_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_min_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_seed, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = -1} },
+        { MP_QSTR_seed, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_repeat_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_repeat_last_n, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 64} },
+        { MP_QSTR_repeat_last_n, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_frequency_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_presence_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_grammar, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
@@ -806,8 +492,14 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     auto real = [&](int i, float dflt) {
         return args[i].u_obj == MP_OBJ_NULL ? dflt : (float)mp_obj_get_float(args[i].u_obj);
     };
-    float temperature = real(ARG_temperature, 0.8f), top_p = real(ARG_top_p, 0.95f), min_p = real(ARG_min_p, 0.05f);
-    float repeat = real(ARG_repeat_penalty, 1.0f), freq = real(ARG_frequency_penalty, 0.0f), pres = real(ARG_presence_penalty, 0.0f);
+    auto integer = [&](int i, mp_int_t dflt) {
+        return args[i].u_obj == MP_OBJ_NULL ? dflt : mp_obj_get_int(args[i].u_obj);
+    };
+    float temperature = real(ARG_temperature, defaults.temp), top_p = real(ARG_top_p, defaults.top_p);
+    float min_p = real(ARG_min_p, defaults.min_p), repeat = real(ARG_repeat_penalty, defaults.penalty_repeat);
+    float freq = real(ARG_frequency_penalty, defaults.penalty_freq), pres = real(ARG_presence_penalty, defaults.penalty_present);
+    int top_k = integer(ARG_top_k, defaults.top_k), last_n = integer(ARG_repeat_last_n, defaults.penalty_last_n);
+    mp_int_t seed_in = integer(ARG_seed, python_seed(defaults.seed));
     int n_vocab = llama_vocab_n_tokens(m->vocab);
 
     // logit_bias: {token: bias} or [(token, bias)], checked before anything is allocated
@@ -834,8 +526,7 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     }
     const char *grammar = args[ARG_grammar].u_obj == mp_const_none ? nullptr : mp_obj_str_get_str(args[ARG_grammar].u_obj);
     const char *root = args[ARG_grammar_root].u_obj == mp_const_none ? "root" : mp_obj_str_get_str(args[ARG_grammar_root].u_obj);
-    uint32_t seed = args[ARG_seed].u_int < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)args[ARG_seed].u_int;
-    int top_k = args[ARG_top_k].u_int, last_n = args[ARG_repeat_last_n].u_int;
+    uint32_t seed = seed_in < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)seed_in;
 
     llm_sampler_obj_t *self = mp_obj_malloc_with_finaliser(llm_sampler_obj_t, type);
     self->model = m;

@@ -1,5 +1,5 @@
-// The llm module's objects and the C++ functions behind them (llm.cpp); modllm.c holds the
-// MicroPython type and module tables, which C++ cannot spell.
+// The llm module's objects and the C++ functions behind them (model.cpp, llm.cpp, json_check.cpp);
+// modllm.c holds the MicroPython type and module tables, which C++ cannot spell.
 #pragma once
 #include <stdbool.h>
 #include "py/obj.h"
@@ -67,6 +67,7 @@ mp_obj_t llm_sampler_sample(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_sampler_accept(mp_obj_t self, mp_obj_t token);
 mp_obj_t llm_sampler_reset(mp_obj_t self);
 mp_obj_t llm_sampler_close(mp_obj_t self);
+mp_obj_t llm_sampling_defaults(void);
 
 mp_obj_t llm_generator_iternext(mp_obj_t self);
 

@@ -1,5 +1,6 @@
 // llm: llama.cpp inside the kernel. The tables here are the module's whole Python API; the
-// functions live in llm.cpp.
+// functions live in model.cpp (loading a model), llm.cpp (tokens, decoding, sampling) and
+// json_check.cpp.
 //
 //   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
@@ -7,9 +8,10 @@
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
 //   m.probs(seq_id, n, token=None)
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
-//   s = llm.Sampler(m, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=-1, repeat_penalty=1.0,
-//                   repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, grammar=None, logit_bias=None)
+//   s = llm.Sampler(m, temperature=, top_k=, top_p=, min_p=, seed=, repeat_penalty=, repeat_last_n=,
+//                   frequency_penalty=, presence_penalty=, grammar=None, grammar_root="root", logit_bias=None)
 //   s.sample(seq_id=0) s.accept(t) s.reset()
+//   llm.sampling_defaults() (the Sampler's: llama.cpp's, e.g. {"temperature": 0.8, "top_k": 40, ...})
 //   llm.cpu_kernels() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
 //   llm.json_check(data, max_depth=256)
 #include <string.h>
@@ -96,6 +98,7 @@ MP_DEFINE_CONST_OBJ_TYPE(
 
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_verbose_obj, llm_verbose);
 static MP_DEFINE_CONST_FUN_OBJ_0(llm_system_info_obj, llm_system_info);
+static MP_DEFINE_CONST_FUN_OBJ_0(llm_sampling_defaults_obj, llm_sampling_defaults);
 
 // cpu_kernels() -> {"name": "sse2" or "avx2", "reason": ..., "sse2_us": ..., "avx2_us": ...,
 // "avx2_finished": ...}: the ggml CPU kernels this machine runs and the measurement behind them
@@ -118,6 +121,7 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_llm) },
     { MP_ROM_QSTR(MP_QSTR_Model), MP_ROM_PTR(&llm_model_type) },
     { MP_ROM_QSTR(MP_QSTR_Sampler), MP_ROM_PTR(&llm_sampler_type) },
+    { MP_ROM_QSTR(MP_QSTR_sampling_defaults), MP_ROM_PTR(&llm_sampling_defaults_obj) },
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_cpu_kernels), MP_ROM_PTR(&llm_cpu_kernels_obj) },

@@ -1,0 +1,59 @@
+// What the llm module's C++ files share (model.cpp: loading a model; llm.cpp: tokens, decoding,
+// sampling; json_check.cpp). C++ only: llm.h is the part modllm.c sees too.
+//
+// Two rules keep C++ and MicroPython's non-local returns (longjmp) apart:
+// - every llama.cpp call that might throw runs inside guarded(), which turns a C++ exception
+//   into a message; the Python exception is raised only after the try block has ended;
+// - no object with a destructor is alive in a frame that calls into MicroPython.
+#pragma once
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "llama.h"
+
+extern "C" {
+#include "py/runtime.h"
+#include "llm.h"
+}
+
+extern char cpp_error[256];     // what the last failed guarded() call threw
+extern char log_error[512];     // the latest ERROR line llama.cpp logged
+
+template <typename F>
+bool guarded(F body) {
+    try {
+        body();
+        return true;
+    } catch (const std::bad_alloc &) {
+        snprintf(cpp_error, sizeof(cpp_error), "out of memory");
+    } catch (const std::exception &e) {
+        snprintf(cpp_error, sizeof(cpp_error), "%s", e.what());
+    } catch (...) {
+        snprintf(cpp_error, sizeof(cpp_error), "unknown C++ exception");
+    }
+    return false;
+}
+
+[[noreturn]] void raise_cpp_error(void);
+
+#define GUARD(...) do { if (!guarded([&] { __VA_ARGS__; })) raise_cpp_error(); } while (0)
+
+// model.cpp: a Model argument that is open (and, for decoding, not vocab_only), its batch.
+llm_model_obj_t *open_model(mp_obj_t self_in);
+llm_model_obj_t *open_context(mp_obj_t self_in);
+llama_batch *model_batch(llm_model_obj_t *m);
+
+// llm.cpp: Python arguments checked against a model; each raises ValueError with what is wrong.
+llama_token token_arg(llm_model_obj_t *m, mp_obj_t o);
+llama_token *tokens_arg(llm_model_obj_t *m, mp_obj_t seq, size_t *n);
+int seq_arg(llm_model_obj_t *m, mp_obj_t o);
+int logits_index(llm_model_obj_t *m, int seq);          // the sequence's logits in the last decode
+
+struct decode_item {
+    int seq;
+    llama_token *tokens;
+    size_t n;
+};
+
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
