@@ -245,14 +245,22 @@ static void clear(void *p, uint32_t n) {
     }
 }
 
-long files_statx(int dirfd, const char *path, int flags, void *buf) {
+// What stat and statx say of (dirfd, path): the file's description, or -errno.
+static long stat_info(int dirfd, const char *path, int flags, struct file_info *fi) {
     struct open_file f;
     long err = resolve(dirfd, path, flags, &f);
+    if (!err) {
+        describe(&f, fi);
+    }
+    return err;
+}
+
+long files_statx(int dirfd, const char *path, int flags, void *buf) {
+    struct file_info fi;
+    long err = stat_info(dirfd, path, flags, &fi);
     if (err) {
         return err;
     }
-    struct file_info fi;
-    describe(&f, &fi);
     struct statx *st = buf;
     clear(st, sizeof(*st));
     st->stx_mask = STATX_BASIC_STATS;
@@ -268,13 +276,11 @@ long files_statx(int dirfd, const char *path, int flags, void *buf) {
 }
 
 long files_stat64(int dirfd, const char *path, int flags, void *buf) {
-    struct open_file f;
-    long err = resolve(dirfd, path, flags, &f);
+    struct file_info fi;
+    long err = stat_info(dirfd, path, flags, &fi);
     if (err) {
         return err;
     }
-    struct file_info fi;
-    describe(&f, &fi);
     struct stat64 *st = buf;
     clear(st, sizeof(*st));
     st->st_dev = DEV_BOOTFS;

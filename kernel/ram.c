@@ -137,6 +137,8 @@ static uint32_t brk_locked(uint32_t want) {
     return brk_cur;
 }
 
+// The entry points: each takes the lock around its _locked twin (brk and mmap come from every CPU's
+// threads), which is all they have in common.
 uint32_t ram_alloc(uint32_t len) {
     uint32_t flags = spin_lock(&mem_lock);
     uint32_t addr = alloc_locked(len);

@@ -809,3 +809,31 @@ def test_a_stream_sends_its_head_in_one_write(srv):
     assert writes[0].startswith(b"HTTP/1.0 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n")
     assert b"Content-Type: text/event-stream\r\n" in writes[0]
     assert writes[1:] == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+def test_a_handler_that_raises_is_a_500_and_the_server_goes_on(srv):
+    """A fault injected into what /props reads: llama-server's 500 shape, the traceback on the
+    console, and the next request answered as usual."""
+    repl(srv, "saved_meta = engine.meta; engine.meta = None")
+    try:
+        status, body = request(srv, "GET", "/props")
+        assert_error(status, body, 500, "server_error")
+        out = srv.line("print('console ok')")
+        assert b"TypeError" in out and b"console ok" in out
+    finally:
+        repl(srv, "engine.meta = saved_meta")
+    status, body = request(srv, "GET", "/props")
+    assert status == 200 and body["total_slots"] == 2
+
+
+def test_an_exception_escaping_the_engine_fails_its_requests_and_it_starts_again(srv):
+    restarts = guest_value(srv, "engine.stats['restarts']")
+    repl(srv, "engine._assign = lambda o=engine._assign: (setattr(engine, '_assign', o), 1 // 0)")
+    status, body = request(srv, "POST", "/completion", {"prompt": "Hello", "n_predict": 4})
+    assert_error(status, body, 500, "server_error")
+    assert "division by zero" in body["error"]["message"] or "divide by zero" in body["error"]["message"]
+    assert guest_value(srv, "engine.stats['restarts']") == restarts + 1
+    assert guest_value(srv, "[s.task for s in engine.slots]") == [None, None]
+    status, body = request(srv, "POST", "/completion", {"prompt": "Hello", "n_predict": 4})
+    assert status == 200 and body["tokens_predicted"] == 4
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})
