@@ -1,6 +1,7 @@
 """The server under load and abuse (tiny GGUF in QEMU, over 127.0.0.1): eight streaming clients at
 once on two slots, a thousand small requests with a flat Python heap, and a corpus of malformed
 requests that each get a 4xx while /health stays 200."""
+import json
 import socket
 import threading
 import time
@@ -146,6 +147,12 @@ CORPUS = {
     "wrong field types": post(b'{"prompt": 5, "n_predict": "x", "stop": {"a": 1}}'),
     "prompt of unknown token ids": post(b'{"prompt": [99999999]}'),
     "deeply nested JSON": post(b'{"prompt": ' + b"[" * 500 + b"]" * 500 + b"}"),
+    "too many stop strings": post(json.dumps({"prompt": "x", "stop": ["a"] * 65}).encode()),
+    "a stop string too long": post(json.dumps({"prompt": "x", "stop": ["a" * 513]}).encode()),
+    "too many probabilities": post(b'{"prompt": "x", "n_probs": 101}'),
+    "a grammar past the repetition limit": post(b'{"prompt": "x", "grammar": "root ::= (((\\"a\\"){1,1000}){1,1000})"}'),
+    "a JSON schema that explodes": post(json.dumps({"prompt": "x", "json_schema": {
+        "type": "array", "items": {"type": "integer"}, "minItems": 3000, "maxItems": 3000}}).encode()),
 }
 
 
@@ -169,3 +176,31 @@ def test_truncated_body_and_slowloris_time_out(srv):
     # a truncated body and the client gone: nothing to answer, and nothing breaks
     answer(srv, post(b'{"prompt": "x"}', length=200), shut=True)
     assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+
+
+LARGE_BODIES = {
+    "nesting": b'{"prompt": "hi", "n_predict": 1, "x": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+    "escapes": b'{"prompt": "' + b"\\u0041" * 30000 + b'", "n_predict": 1}',
+    "token ids": b'{"prompt": [' + b",".join(b"1" for _ in range(40000)) + b'], "n_predict": 1}',
+    "numbers": b'{"prompt": "hi", "n_predict": 1, "x": [' + b",".join(b"1.5e3" for _ in range(33000)) + b"]}",
+    "objects": json.dumps({"prompt": "hi", "n_predict": 1, "x": [{"role": "user", "content": "hi"}] * 5000}).encode(),
+    "grammar": json.dumps({"prompt": "hi", "n_predict": 1,
+                           "grammar": "root ::= " + " | ".join('"w%d"' % i for i in range(12000))}).encode(),
+}
+
+
+def test_large_bodies_are_answered_at_a_cost_bounded_by_their_size(tmp_path):
+    """Bodies of up to the default max_body (256 KiB) in the shapes that once held the server for
+    minutes: each is answered (4xx or the real answer) within seconds, /health 200 after each."""
+    model = make_tiny_model(str(tmp_path / "tiny.gguf"))
+    g = boot(model, "n_ctx=512 parallel=2 timeout=30 cache_prompt=0")
+    try:
+        for name, body in LARGE_BODIES.items():
+            assert len(body) > 64 * 1024, name
+            t = time.monotonic()
+            status, _ = request(g, "POST", "/completion", raw=body, timeout=120)
+            took = time.monotonic() - t
+            assert status in (200, 400) and took < 10, (name, status, took)
+            assert request(g, "GET", "/health") == (200, {"status": "ok"})
+    finally:
+        g.close()

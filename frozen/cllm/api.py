@@ -21,6 +21,12 @@ from cllm.http import ApiError, StreamResponse, bad_request
 # are llama.cpp's own (common_params_sampling), each field of its default's type
 SAMPLING = tuple((name, type(default), default) for name, default in llm.sampling_defaults().items())
 
+# Past these a request is refused (400) rather than served: each stop string is looked for after every
+# token, each probability reported is a JSON object per token, and a grammar is checked at every token.
+MAX_STOP, MAX_STOP_LEN = 64, 512
+MAX_N_PROBS = 100
+MAX_GRAMMAR = 64 * 1024
+
 
 def body_of(req):
     """The JSON object of a request body. llama-server's own JSON reader checks it first (llm.json_check:
@@ -53,10 +59,12 @@ def stop_list(body):
     if stop is None:
         return []
     if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop
-    raise bad_request("'stop' must be a string or an array of strings")
+        stop = [stop]
+    if not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise bad_request("'stop' must be a string or an array of strings")
+    if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_LEN for s in stop):
+        raise bad_request("'stop' may hold at most {} strings of at most {} characters".format(MAX_STOP, MAX_STOP_LEN))
+    return stop
 
 
 def schema_grammar(body):
@@ -138,6 +146,8 @@ def n_probs_of(body, chat=False):
             n = field(body, "logprobs", int, 0)
     if n < 0:
         raise bad_request("the number of probabilities must not be negative")
+    if n > MAX_N_PROBS:
+        raise bad_request("at most {} probabilities per token may be asked for".format(MAX_N_PROBS))
     return n
 
 
@@ -192,6 +202,8 @@ def sampling(body, model, meta):
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
     kw["grammar"] = schema_grammar(body) or field(body, "grammar", str, None)
+    if kw["grammar"] and len(kw["grammar"]) > MAX_GRAMMAR:
+        raise bad_request("the grammar (or the JSON schema's) is longer than {} characters".format(MAX_GRAMMAR))
     kw["logit_bias"] = logit_bias(body, model, meta["n_vocab"])
     if field(body, "ignore_eos", bool, False):
         kw["logit_bias"] = kw["logit_bias"] or {}
