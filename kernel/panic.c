@@ -1,5 +1,6 @@
 // The panic dump: everything a developer needs from a crash, on serial, then power off with
-// a non-zero status so a test or script sees it (never a silent hang or a triple fault).
+// a non-zero status so a test or script sees it (never a silent hang), or with panic=reboot a
+// reset, so an appliance comes back serving.
 #include "kernel.h"
 #include "trap.h"
 #include "smp.h"

@@ -290,6 +290,7 @@ class Engine:
                     type(e).__name__, e, len(self.waiting) + len(self.busy_slots())))
                 sys.print_exception(e)
                 self.reset(e)
+                await asyncio.sleep_ms(100)     # a fault that recurs at once must not starve the loop
 
     def reset(self, error):
         """Every task failed with error, every slot and its sequence emptied."""
