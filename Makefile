@@ -37,7 +37,7 @@ IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
 QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
 
-.PHONY: all help setup deps kernel run run-debug image run-image peer test bench bench-boot bench-llm clean distclean
+.PHONY: all help setup deps kernel run run-debug image run-image peer test soak bench bench-boot bench-llm clean distclean
 
 all: kernel
 
@@ -50,6 +50,8 @@ help:
 	@echo "                  the kernel, MODEL as boot module and the command line; prints its size"
 	@echo "  make run-image  boot $(IMAGE) with qemu-system-i386 -cdrom (serial console here, as run)"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU)"
+	@echo "  make soak       SOAK_MINUTES=20 of mixed load on the server (tiny model): streams, disconnects, greedy"
+	@echo "                  completions, malformed and oversized requests, /health; heap, connections, slots at the end"
 	@echo "  make bench      cllm against Linux + llama.cpp's llama-server (stock and cllm's ggml build) in the same"
 	@echo "                  QEMU, BENCH_RUNS times each, with 1 CPU and with SMP: boot, tokens/s, time to first token,"
 	@echo "                  /health rate, RAM, image size; prints the tables and what SMP CPUs bought each server,"
@@ -157,6 +159,10 @@ peer: $(PEER)/initramfs-stock.cpio $(PEER)/initramfs-same.cpio
 # --- tests and benchmarks -----------------------------------------------------------------
 test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
+
+SOAK_MINUTES ?= 20
+soak: kernel $(VENV)/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) SOAK_MINUTES=$(SOAK_MINUTES) $(VENV)/bin/python tests/soak.py
 
 bench: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/compare.py
