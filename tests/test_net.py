@@ -278,9 +278,9 @@ def test_silent_and_vanishing_clients_do_not_wedge_the_server(net):
 
 
 def test_a_task_always_ready_to_run_does_not_stop_the_network(net):
-    # asyncio polls its sockets without waiting while a task is ready, and such a poll used to
-    # return before MicroPython's event hook, the only place the NIC was read: a task that never
-    # waited stopped every connection. Now the timer schedules a poll when none has run for 20 ms.
+    # asyncio polls its sockets without waiting while a task is ready, and such a poll returns before
+    # MicroPython's event hook reads the NIC: a task that never waits would stop every connection
+    # but for the poll the timer asks for when none has run for 20 ms (net/net.c).
     data = hashlib.sha256(b"busy").digest() * (256 * 1024 // 32)
     with echo_server(net, 2, spin=True):
         msg = b"while busy " * 100
