@@ -837,3 +837,25 @@ def test_an_exception_escaping_the_engine_fails_its_requests_and_it_starts_again
     status, body = request(srv, "POST", "/completion", {"prompt": "Hello", "n_predict": 4})
     assert status == 200 and body["tokens_predicted"] == 4
     assert request(srv, "GET", "/health") == (200, {"status": "ok"})
+
+
+def test_hot_patches_from_the_console_take_effect_at_the_next_request(srv):
+    """A changed default, a new route and a route's handler replaced, typed at the console while
+    serving; the API's own handler comes back the same way."""
+    repl(srv, "server.settings.n_predict = 3")
+    try:
+        status, body = request(srv, "POST", "/completion", {"prompt": "Hello"})
+        assert status == 200 and body["tokens_predicted"] == 3
+    finally:
+        repl(srv, "server.settings.n_predict = -1")
+    repl(srv, "server.route('/hello')(lambda req: {'hi': req.args.get('name', 'you')})")
+    assert request(srv, "GET", "/hello?name=op") == (200, {"hi": "op"})
+    assert request(srv, "POST", "/hello", {})[0] == 405
+    repl(srv, "saved = [r[2] for r in app.url_map if r[1].url_pattern == '/health' and 'GET' in r[0]][0]")
+    repl(srv, "server.route('/health')(lambda req: {'status': 'patched'})")
+    try:
+        assert request(srv, "GET", "/health") == (200, {"status": "patched"})
+        assert request(srv, "GET", "/v1/health") == (200, {"status": "ok"})
+    finally:
+        repl(srv, "app.replace_route('/health', ('GET',), saved)")
+    assert request(srv, "GET", "/health") == (200, {"status": "ok"})

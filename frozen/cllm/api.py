@@ -227,10 +227,12 @@ METRICS = (
 
 
 def errors_as_json(handler):
-    """Turn an ApiError raised by a handler into its JSON error response."""
+    """Turn an ApiError raised by a handler (async, or a plain function typed at the console) into
+    its JSON error response."""
     async def wrapped(req, *args):
         try:
-            return await handler(req, *args)
+            result = handler(req, *args)
+            return await result if hasattr(result, "send") else result
         except ApiError as e:
             return e.response()
     return wrapped

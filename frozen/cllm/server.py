@@ -2,7 +2,7 @@
 one asyncio loop.
 
 From the serial REPL while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
-or a new handler for a route through server.app (microdot's app.route)."""
+or a handler for a route, new or in place of the API's: server.route("/hello")(lambda req: {"hi": 1})."""
 import asyncio
 import kernel
 import time
@@ -10,7 +10,7 @@ import time
 from microdot.cors import CORS
 
 from cllm import dashboard, repl
-from cllm.api import Api
+from cllm.api import Api, errors_as_json
 from cllm.engine import Engine
 from cllm.http import Server
 from cllm.log import log
@@ -26,6 +26,16 @@ def stats():
            "waiting": len(engine.waiting), "heap_free": kernel.heap_free()}
     out.update(engine.stats)
     return out
+
+
+def route(path, methods=("GET",)):
+    """From the console: handler (a function of the request, plain or async, returning what a route
+    returns: a dict is JSON) for path and methods, in place of the route there is or as a new one;
+    the next request uses it. An ApiError it raises is answered as the API's errors are."""
+    def register(handler):
+        app.replace_route(path, methods, errors_as_json(handler))
+        return handler
+    return register
 
 
 def load_model():
