@@ -33,8 +33,8 @@
 #define LWIP_NETIF_STATUS_CALLBACK  1
 #define LWIP_NETIF_LINK_CALLBACK    1
 
-uint32_t net_random(void);
-#define LWIP_RAND()                 net_random()
+// TCP sequence numbers, ports and DHCP ids: the kernel's generator (kernel.h, through mpconfigport.h)
+#define LWIP_RAND()                 ((u32_t)kernel_random())
 
 #include "extmod/lwip-include/lwipopts_common.h"
 

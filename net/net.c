@@ -37,11 +37,6 @@ u32_t sys_now(void) {
     return (u32_t)(clock_ns() / 1000000u);
 }
 
-// For TCP sequence numbers, ports and DHCP ids.
-uint32_t net_random(void) {
-    return (uint32_t)kernel_random();
-}
-
 unsigned net_assertions;
 
 void net_assert_failed(const char *message, const char *file, int line) {

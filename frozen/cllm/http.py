@@ -111,6 +111,11 @@ class RequestReader:
         return head
 
 
+def route_path(pattern):
+    """A route's path as the text microdot's URLPattern regex is made of."""
+    return "/" + pattern.url_pattern.lstrip("/")
+
+
 class Server(Microdot):
     """microdot, with what a server on a network needs before a request reaches a route: the whole
     request within limits.timeout seconds, at most limits.max_headers header lines and a body of at
@@ -179,8 +184,7 @@ class Server(Microdot):
     def replace_route(self, path, methods, handler):
         """handler for path and these methods in place of any route there is (the console's hot
         patch: the next request uses it)."""
-        self.url_map[:] = [r for r in self.url_map
-                           if not ("/" + r[1].url_pattern.lstrip("/") == path and set(r[0]) & set(methods))]
+        self.url_map[:] = [r for r in self.url_map if not (route_path(r[1]) == path and set(r[0]) & set(methods))]
         self.route(path, methods=list(methods))(handler)
         self.routes_count = -1
 
@@ -188,7 +192,7 @@ class Server(Microdot):
         """path -> the routes for it, in microdot's order; None if a pattern is more than a path."""
         routes = {}
         for methods, pattern, handler, prefix, subapp in self.url_map:
-            path = "/" + pattern.url_pattern.lstrip("/")     # the text microdot's regex is made of
+            path = route_path(pattern)
             if any(c in self.SPECIAL for c in path):
                 return None
             routes.setdefault(path, []).append((methods, handler, prefix, subapp))
