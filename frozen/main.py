@@ -1,5 +1,6 @@
-# Runs at every boot and soft reboot, before the REPL. With a model (a *.gguf boot module or
-# model= on the command line) and a NIC it starts the server (frozen/cllm), its REPL on the console.
+# Runs at every boot and soft reboot from the friendly REPL, before the REPL. With a model (a *.gguf
+# boot module or model= on the command line) and a NIC it starts the server (frozen/cllm), which
+# keeps the REPL live on the console; server.stop() returns here, and the REPL goes on.
 import time
 
 from cllm.log import log
@@ -23,4 +24,4 @@ def server_settings():
 settings = server_settings()
 if settings:
     from cllm import server
-    server.run(settings, globals())
+    server.start(settings)

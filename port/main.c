@@ -1,4 +1,4 @@
-// cllm's MicroPython: init, the frozen main.py, the REPL, soft reboot — and nothing else.
+// cllm's MicroPython: init, the frozen main.py, the REPL (port/repl.c), soft reboot — and nothing else.
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -6,6 +6,7 @@
 #include "py/runtime.h"
 #include "py/stackctrl.h"
 #include "py/gc.h"
+#include "py/mphal.h"
 #include "py/mperrno.h"
 #include "extmod/vfs.h"
 #include "extmod/vfs_posix.h"
@@ -16,6 +17,7 @@
 #include "drivers/console.h"
 #include "net/net.h"
 #include "port/qstrindex.h"
+#include "port/repl.h"
 #include "extmod/modnetwork.h"
 
 #define MIB (1024u * 1024u)
@@ -115,21 +117,20 @@ int main(int argc, char **argv) {
         mod_network_init();
         mount_boot_modules();
 
-        if (pyexec_frozen_module("main.py", false) & PYEXEC_FORCED_EXIT) {
+        // As on MicroPython's boards, main.py runs after a soft reboot from the friendly REPL, not
+        // from the raw REPL (a tool asked for a fresh interpreter, not for the appliance's program).
+        if (pyexec_mode_kind == PYEXEC_MODE_FRIENDLY_REPL
+            && (pyexec_frozen_module("main.py", false) & PYEXEC_FORCED_EXIT)) {
             goto soft_reset;
         }
-        for (;;) {
-            if (pyexec_mode_kind == PYEXEC_MODE_RAW_REPL) {
-                if (pyexec_raw_repl() != 0) {
-                    break;
-                }
-            } else {
-                if (pyexec_friendly_repl() != 0) {
-                    break;
-                }
-            }
+        // The REPL here once main.py has returned (no server, or it was stopped: greeted again
+        // below the server's last log lines); while the server serves, its asyncio task feeds
+        // the same REPL (frozen/cllm/server.py).
+        repl_greet();
+        while (repl_byte(mp_hal_stdin_rx_chr()) == REPL_MORE) {
         }
     soft_reset:
+        repl_end();
         mp_printf(&mp_plat_print, "MPY: soft reboot\n");
         gc_sweep_all();
         mp_deinit();

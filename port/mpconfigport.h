@@ -23,6 +23,7 @@
 
 // REPL on the serial console
 #define MICROPY_HELPER_REPL                 (1)
+#define MICROPY_REPL_EVENT_DRIVEN           (1)     // a byte at a time: port/repl.c
 #define MICROPY_REPL_AUTO_INDENT            (1)
 #define MICROPY_REPL_EMACS_KEYS             (1)
 #define MICROPY_READLINE_HISTORY_SIZE       (50)

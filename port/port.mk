@@ -61,7 +61,9 @@ SRC_C += \
 	port/main.c \
 	port/mphalport.c \
 	port/qstrindex.c \
+	port/repl.c \
 	modules/kernel/modkernel.c \
+	modules/repl/modrepl.c \
 	shared/readline/readline.c \
 	shared/runtime/gchelper_generic.c \
 	shared/runtime/pyexec.c \

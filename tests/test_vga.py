@@ -145,9 +145,9 @@ def test_status_panel_while_serving(tmp_path):
             g.line(f"print('row {i}')")
         lines = [text(r) for r in read()]
         assert lines[0].startswith(" cllm 0.1.0 |") and "row 29" in lines[4:]
-        # Ctrl-C stops the server: the whole screen is the console's again
-        g.send(b"\x03")
-        g.expect(b"KeyboardInterrupt", timeout=30)
+        # a stopped server gives the whole screen back to the console
+        g.send(b"server.stop()\r")
+        g.expect(b"stopped; server.start\\(\\) serves again", timeout=30)
         g.wait_prompt()
         assert g.eval("__import__('vga').reserve()") == "0"
         mon.close()

@@ -269,6 +269,8 @@ def include_usage(body):
 async def finished(task):
     try:
         return await task.result()
+    except ApiError:
+        raise                   # the answer already (the server was stopped)
     except Exception as e:
         raise ApiError(500, str(e), "server_error")
 

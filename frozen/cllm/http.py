@@ -133,6 +133,7 @@ class Server(Microdot):
         self.reading = {}       # the tasks still reading their request -> their deadline (ticks_ms)
         self.expired = set()    # those the watchdog cancelled for it
         self.routes, self.routes_count = None, -1     # find_route's table, for url_map at that length
+        self.connections = set()    # the tasks of the open connections (the server's stop waits for them)
 
     async def serve(self, port):
         """microdot's start_server, with a listen backlog for bursts of connections: microdot takes
@@ -199,6 +200,17 @@ class Server(Microdot):
         return routes
 
     async def handle_request(self, reader, writer):
+        me = asyncio.current_task()
+        self.connections.add(me)
+        try:
+            await self.answer(reader, writer)
+        except asyncio.CancelledError:      # the server is stopping: the connection is closed, not left
+            writer.s.close()
+            raise
+        finally:
+            self.connections.discard(me)
+
+    async def answer(self, reader, writer):
         limits = self.limits
         incoming = RequestReader(reader, limits.max_headers + 2, limits.max_body)  # + request line, blank line
         me = asyncio.current_task()

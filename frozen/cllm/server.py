@@ -1,29 +1,35 @@
-"""The server: the wiring of settings, engine, HTTP server and API, and the serial REPL, as tasks of
+"""The server: the wiring of settings, engine, HTTP server and API, and the serial console, as tasks of
 one asyncio loop.
 
-From the serial REPL while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
-or a handler for a route, new or in place of the API's: server.route("/hello")(lambda req: {"hi": 1})."""
+From the console while serving: server.stats(), server.engine.slots, server.settings.n_predict = 64,
+a handler for a route, new or in place of the API's: server.route("/hello")(lambda req: {"hi": 1}),
+server.stop() (back to the REPL alone) and server.start() (serving again)."""
 import asyncio
 import kernel
+import repl
+import serial
 import time
 
 from microdot.cors import CORS
 
-from cllm import dashboard, repl
+from cllm import dashboard
 from cllm.api import Api, errors_as_json
 from cllm.engine import Engine
-from cllm.http import Server
+from cllm.http import ApiError, Server
 from cllm.log import log
+
+STOP_WAIT_MS = 2000     # how long stop() lets open connections finish before it cancels them
 
 settings = None
 engine = None
 app = None
+stopping = None         # an asyncio.Event while serving
 
 
 def stats():
     """What the server is doing: state, slots, queue, token counts, heap."""
-    out = {"state": engine.state, "slots_busy": len(engine.busy_slots()), "slots": len(engine.slots),
-           "waiting": len(engine.waiting), "heap_free": kernel.heap_free()}
+    out = {"state": engine.state if stopping else "stopped", "slots_busy": len(engine.busy_slots()),
+           "slots": len(engine.slots), "waiting": len(engine.waiting), "heap_free": kernel.heap_free()}
     out.update(engine.stats)
     return out
 
@@ -38,20 +44,61 @@ def route(path, methods=("GET",)):
     return register
 
 
+def stop():
+    """Stop serving, leaving the console's REPL: no new connection is taken, the requests in flight
+    end with a 503, open connections get STOP_WAIT_MS to finish. The model stays loaded."""
+    if not stopping:
+        raise RuntimeError("not serving")
+    stopping.set()
+
+
+def start(the_settings=None):
+    """Serve (with these settings, else the last ones, else the command line's) until stop() or a
+    soft reboot; the console's REPL runs meanwhile. Typed at the REPL after stop(), this line
+    returns when the server stops again. The model is loaded again only if a setting it depends
+    on changed."""
+    global settings
+    if stopping:
+        raise RuntimeError("already serving")
+    if the_settings is None and settings is None:
+        from cllm import config
+        the_settings = config.load()
+    if the_settings is not None:
+        settings = the_settings
+    import __main__
+    asyncio.new_event_loop()            # no task of an earlier run left to resume
+    try:
+        asyncio.run(main(__main__.__dict__))
+    finally:
+        dashboard.release()             # the whole screen back to the console
+
+
+def prepare_engine():
+    """The engine for the settings: the one there is while the model it loaded still fits them."""
+    global engine
+    key = (settings.model, settings.n_ctx, settings.parallel, settings.flash_attn)
+    if engine and engine.state == "ready" and engine.key == key:
+        return
+    if engine and engine.model:
+        engine.model.close()            # its memory before the next model's
+    engine = Engine(settings)
+    engine.key = key
+
+
 def load_model():
     t0 = time.ticks_ms()
-    log("cllm: loading {} (n_ctx={}, parallel={}, flash_attn={})".format(
-        settings.model, settings.n_ctx, settings.parallel, settings.flash_attn))
-    engine.load()
+    if engine.state != "ready":
+        log("cllm: loading {} (n_ctx={}, parallel={}, flash_attn={})".format(
+            settings.model, settings.n_ctx, settings.parallel, settings.flash_attn))
+        engine.load()
     meta = engine.meta
     log("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
         settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
 
 
-async def console(namespace, wait_ms=10000):
-    """The boot log's last step, then the REPL: the address clients reach, once DHCP's lease has
-    come (a second or so after the NIC is up; at most wait_ms), so that the log line does not
-    land in the middle of what an operator types."""
+async def announce(wait_ms=10000):
+    """The boot log's last line: the address clients reach, once DHCP's lease has come (a second
+    or so after the NIC is up; at most wait_ms), so that it does not land in what an operator types."""
     import network
     t0 = time.ticks_ms()
     while not dashboard.address() and time.ticks_diff(time.ticks_ms(), t0) < wait_ms:
@@ -61,17 +108,41 @@ async def console(namespace, wait_ms=10000):
         log("net: address {} ({}); http://{}:{}/".format(ip, network.LAN().config("address_source"), ip, settings.port))
     else:
         log("net: no address after {} ms (no DHCP answer?); network.LAN().ifconfig(...) sets one".format(wait_ms))
-    await repl.run(namespace)
+
+
+async def console(namespace, first):
+    """MicroPython's own REPL (the repl module) while serving: what arrives on the console goes to
+    it when the loop gets to this task, and a statement typed there runs to its end before the
+    server goes on (Ctrl-C interrupts it, and only it)."""
+    if first:
+        await announce()
+        print("cllm: the REPL is live while serving; Ctrl-C interrupts only what it runs; server.stop() stops serving")
+    fresh = dict(namespace)
+    repl.greet()
+    arrived = asyncio.StreamReader(serial.UART(1, timeout=0))
+    nothing = bytearray(0)
+    while True:
+        await arrived.readinto(nothing)     # returns once a byte waits on the console; reads none
+        done = repl.feed()
+        if done == repl.RAW_SOFT_REBOOT:
+            # what mpremote asks before each command, for a fresh interpreter: the console's names
+            # are renewed, the server serves on (a soft reboot would end every request in flight)
+            namespace.clear()
+            namespace.update(fresh)
+            repl.soft_reboot()
+        elif done == repl.SOFT_REBOOT:
+            raise SystemExit    # out of asyncio.run and main.py: the soft reboot runs main.py again
 
 
 async def main(namespace):
-    global engine, app
-    engine = Engine(settings)
+    global app, stopping
+    first = engine is None
     app = Server(settings)
     # As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
     CORS(app, allowed_origins="*", allow_credentials=True)
+    prepare_engine()
     Api(app, engine, settings)
-    asyncio.create_task(app.serve(settings.port))
+    serving = asyncio.create_task(app.serve(settings.port))
     await asyncio.sleep_ms(0)           # listening, and answering 503 until the model is there
     try:
         load_model()
@@ -80,18 +151,22 @@ async def main(namespace):
         app.shutdown()
         await asyncio.sleep_ms(0)
         return
+    stopping = asyncio.Event()
     namespace.update({"engine": engine, "app": app})
-    asyncio.create_task(console(namespace))
+    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(console(namespace, first))]
     if settings.dashboard:
-        asyncio.create_task(dashboard.Dashboard(engine, settings).run())
-    await engine.run()
-
-
-def run(the_settings, namespace):
-    """Serve until Ctrl-C on the console, which leaves MicroPython's own REPL with namespace."""
-    global settings
-    settings = the_settings
+        tasks.append(asyncio.create_task(dashboard.Dashboard(engine, settings).run()))
     try:
-        asyncio.run(main(namespace))
+        await stopping.wait()
     finally:
-        dashboard.release()             # the whole screen back to the console
+        stopping = None
+    log("cllm: stopping: {} requests in flight end with a 503".format(len(engine.waiting) + len(engine.busy_slots())))
+    app.shutdown()
+    engine.reset(ApiError(503, "The server was stopped from its console", "unavailable_error"))
+    t0 = time.ticks_ms()
+    while app.connections and time.ticks_diff(time.ticks_ms(), t0) < STOP_WAIT_MS:
+        await asyncio.sleep_ms(20)
+    for task in tasks + list(app.connections) + [serving]:
+        task.cancel()
+    await asyncio.sleep_ms(0)           # the cancelled tasks close their sockets
+    log("cllm: stopped; server.start() serves again")
