@@ -11,6 +11,7 @@ CPU     ?= max
 SMP     ?= $(shell nproc)
 MODEL   ?= $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 APPEND  ?=
+CONSOLE ?= stdio
 JOBS    ?= $(shell nproc)
 
 DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -34,8 +35,11 @@ API_KEY  ?=
 IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=$(PARALLEL)) \
 	$(if $(API_KEY),api_key=$(API_KEY)) $(APPEND) $(if $(findstring panic=,$(APPEND)),,panic=reboot))
 # Serial console on this terminal, multiplexed with the QEMU monitor: Ctrl-A x quits,
-# Ctrl-A c switches to the monitor; Ctrl-C goes to the guest.
-QEMU_CONSOLE = -display none -chardev stdio,id=con,mux=on,signal=off -serial chardev:con -mon chardev=con,mode=readline
+# Ctrl-A c switches to the monitor; Ctrl-C goes to the guest. CONSOLE=pty: the serial console on a
+# pty of its own for host tools (QEMU prints its /dev/pts/N), the monitor here ("quit" ends QEMU).
+QEMU_CONSOLE = $(if $(filter pty,$(CONSOLE)),-display none -serial pty -monitor stdio,\
+	-display none -chardev stdio$(comma)id=con$(comma)mux=on$(comma)signal=off -serial chardev:con -mon chardev=con$(comma)mode=readline)
+QUIT_HINT = $(if $(filter pty,$(CONSOLE)),console on the pty below; 'quit' at (qemu) quits,Ctrl-A x quits)
 
 .PHONY: all help setup deps kernel run run-debug image run-image peer test soak bench bench-boot bench-llm clean distclean
 
@@ -73,6 +77,7 @@ help:
 	@echo "           SMP=$(SMP) guest CPUs (default: the host's cores); llama.cpp uses one thread per CPU unless APPEND='threads=N'"
 	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
 	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
+	@echo "           CONSOLE=$(CONSOLE); pty: the serial console on a pty for mpremote (QEMU prints /dev/pts/N), monitor here"
 	@echo "           image only: N_CTX= PARALLEL= API_KEY= (added to the command line), IMAGE=$(IMAGE)"
 	@echo "           bench only: BENCH_RUNS=3 BENCH_GEN=128 BENCH_PARAGRAPHS=5 (of prompt, ~40 tokens each) BENCH_HEALTH=500"
 	@echo "                       BENCH_PEERS=same,stock BENCH_CEILING=1 (0: no qemu-i386 user-mode run)"
@@ -119,7 +124,7 @@ $(KERNEL): kernel
 # --- running ------------------------------------------------------------------------------
 run: kernel $(MODEL_DEP)
 	@$(CHECK_MODEL)
-	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
+	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80; $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE)
 
 run-debug: kernel $(MODEL_DEP)
@@ -133,7 +138,7 @@ image: kernel $(MODEL_DEP)
 	@port/mkimage.sh $(KERNEL) "$(MODEL)" $(IMAGE) "$(IMAGE_CMDLINE)"
 
 run-image: image
-	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80; Ctrl-A x quits"
+	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80; $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_MACHINE) -cdrom $(IMAGE) $(QEMU_CONSOLE)
 
 # --- the Linux-guest peer that `make bench` compares with ---------------------------------
