@@ -125,7 +125,7 @@ def test_cpu_fault_gives_panic_dump(kind, name, vector):
         assert "error code 0x00001234" in dump   # the bad selector the test loaded
     frames = re.findall(r"^  [0-9a-f]{8}  (\S+)\+0x[0-9a-f]+", dump, re.M)
     assert frames[0] == "kernel_fault"           # symbolised, starting at the faulting function
-    assert "mp_execute_bytecode" in frames and "pyexec_friendly_repl" in frames
+    assert "mp_execute_bytecode" in frames and "repl_byte" in frames     # typed at the REPL (port/repl.c)
     assert status == PANIC_STATUS
 
 

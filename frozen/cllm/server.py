@@ -57,7 +57,7 @@ def start(the_settings=None):
     soft reboot; the console's REPL runs meanwhile. Typed at the REPL after stop(), this line
     returns when the server stops again. The model is loaded again only if a setting it depends
     on changed."""
-    global settings
+    global settings, stopping
     if stopping:
         raise RuntimeError("already serving")
     if the_settings is None and settings is None:
@@ -70,6 +70,7 @@ def start(the_settings=None):
     try:
         asyncio.run(main(__main__.__dict__))
     finally:
+        stopping = None                 # however the loop ended
         dashboard.release()             # the whole screen back to the console
 
 
@@ -156,10 +157,8 @@ async def main(namespace):
     tasks = [asyncio.create_task(engine.run()), asyncio.create_task(console(namespace, first))]
     if settings.dashboard:
         tasks.append(asyncio.create_task(dashboard.Dashboard(engine, settings).run()))
-    try:
-        await stopping.wait()
-    finally:
-        stopping = None
+    await stopping.wait()
+    stopping = None
     log("cllm: stopping: {} requests in flight end with a 503".format(len(engine.waiting) + len(engine.busy_slots())))
     app.shutdown()
     engine.reset(ApiError(503, "The server was stopped from its console", "unavailable_error"))
