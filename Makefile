@@ -41,7 +41,7 @@ QEMU_CONSOLE = $(if $(filter pty,$(CONSOLE)),-display none -serial pty -monitor 
 	-display none -chardev stdio$(comma)id=con$(comma)mux=on$(comma)signal=off -serial chardev:con -mon chardev=con$(comma)mode=readline)
 QUIT_HINT = $(if $(filter pty,$(CONSOLE)),console on the pty below; 'quit' at (qemu) quits,Ctrl-A x quits)
 
-.PHONY: all help setup deps kernel run run-debug image run-image peer test soak bench bench-boot bench-llm clean distclean
+.PHONY: all help setup deps kernel run run-debug image run-image peer test soak bench bench-boot bench-llm bench-responsive clean distclean
 
 all: kernel
 
@@ -68,6 +68,8 @@ help:
 	@echo "                  time to first token, streamed tokens/s (bench/api.py)"
 	@echo "  make bench-spread  BENCH_BOOTS=20 boots each of cllm and peer-same at BENCH_SMP=2 CPUs, interleaved: generated"
 	@echo "                  tok/s spread (max/min) and the ggml kernels each cllm boot chose (bench/spread.py)"
+	@echo "  make bench-responsive  SmolLM2 at SMP CPUs: the decoder thread's prompt speed vs inline, /health and console echo"
+	@echo "                  during a long prompt, a stream's token gap while another prompt is read (bench/responsive.py)"
 	@echo "  make bench-tcg  what the kernel does for QEMU's TCG, as ratios in the guest: software TLB, qstr index (bench/tcg.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
@@ -184,6 +186,9 @@ bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.st
 .PHONY: bench-net bench-http bench-tcg bench-spread
 bench-spread: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spread.py
+
+bench-responsive: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/responsive.py --smp $(SMP)
 
 bench-tcg: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/tcg.py

@@ -89,13 +89,13 @@ void gdt_init_cpu(int cpu, uint32_t stack_top) {
     __asm__ volatile ("ltr %w0" :: "r" (SEL_TSS));
 }
 
-// Same encoding as Linux's fill_ldt(): S=1, DPL=3, type from contents/read_exec_only.
-int gdt_set_tls(struct user_desc *u) {
-    uint64_t *gdt = gdts[cpu_id()];
+// Same encoding as Linux's fill_ldt(): S=1, DPL=3, type from contents/read_exec_only. Into tls,
+// the GDT_TLS_COUNT slots from GDT_TLS_FIRST of some table.
+static int tls_encode(uint64_t *tls, struct user_desc *u) {
     uint32_t slot = u->entry_number;
     if (slot == 0xffffffffu) {
         for (slot = GDT_TLS_FIRST; slot < GDT_TLS_FIRST + GDT_TLS_COUNT; slot++) {
-            if (gdt[slot] == 0) {
+            if (tls[slot - GDT_TLS_FIRST] == 0) {
                 break;
             }
         }
@@ -108,12 +108,37 @@ int gdt_set_tls(struct user_desc *u) {
         return -22; // -EINVAL
     }
     if (u->base_addr == 0 && u->limit == 0 && u->read_exec_only && u->seg_not_present) {
-        gdt[slot] = 0;
+        tls[slot - GDT_TLS_FIRST] = 0;
         return 0;
     }
     uint8_t type = (uint8_t)((u->contents << 2) | ((u->read_exec_only ^ 1) << 1));
     uint8_t access = (uint8_t)(((u->seg_not_present ^ 1) << 7) | (3 << 5) | (1 << 4) | type);
     uint8_t flags = (uint8_t)((u->limit_in_pages << 3) | (u->seg_32bit << 2) | (u->useable << 0));
-    gdt[slot] = descriptor(u->base_addr, u->limit, access, flags);
+    tls[slot - GDT_TLS_FIRST] = descriptor(u->base_addr, u->limit, access, flags);
     return 0;
+}
+
+int gdt_set_tls(struct user_desc *u) {
+    return tls_encode(&gdts[cpu_id()][GDT_TLS_FIRST], u);
+}
+
+// CPU 0's two threads (thread.c) each have their own TLS slots: the one switched out keeps its
+// copy, and the one switched in is loaded back (and %gs reloaded by the caller).
+void gdt_tls_save(uint64_t tls[]) {
+    const uint64_t *gdt = gdts[cpu_id()];
+    for (int i = 0; i < GDT_TLS_COUNT; i++) {
+        tls[i] = gdt[GDT_TLS_FIRST + i];
+    }
+}
+
+void gdt_tls_load(const uint64_t tls[]) {
+    uint64_t *gdt = gdts[cpu_id()];
+    for (int i = 0; i < GDT_TLS_COUNT; i++) {
+        gdt[GDT_TLS_FIRST + i] = tls[i];
+    }
+}
+
+// A new thread's slots: a copy of these with u applied (0 or -errno, as gdt_set_tls).
+int gdt_tls_make(uint64_t tls[], struct user_desc *u) {
+    return tls_encode(tls, u);
 }

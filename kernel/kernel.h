@@ -17,6 +17,9 @@
 #define CPUS_MAX            16
 
 struct trapframe;
+// What a trap was, for CPU 0's choice of thread after it: the timer tick, a device or another
+// CPU (IPI), a thread's yield, or else (a system call, a fault).
+enum trap_kind { TRAP_OTHER, TRAP_TICK, TRAP_DEVICE, TRAP_YIELD };
 struct user_desc;
 
 struct boot_module {
@@ -112,6 +115,9 @@ void gdt_init(void);                                // the boot CPU's
 void gdt_init_cpu(int cpu, uint32_t stack_top);     // and loads it on the calling CPU
 // Install a TLS descriptor in the calling CPU's table; picks a free slot when entry_number is -1.
 int gdt_set_tls(struct user_desc *u);               // 0 or -errno
+void gdt_tls_save(uint64_t tls[]);                  // this CPU's TLS slots (GDT_TLS_COUNT) into tls
+void gdt_tls_load(const uint64_t tls[]);            // and back
+int gdt_tls_make(uint64_t tls[], struct user_desc *u); // u applied to a copy of slots: 0 or -errno
 
 // kprint.c: printf for code that must not depend on glibc (before _start, in panics, in the
 // system calls). Understands %s %c %d %u %x %08x %p and %%; writes to the one output the
@@ -149,6 +155,7 @@ void panic_trap(struct trapframe *tf) __attribute__((noreturn));
 // The system call each CPU is serving (number and name, or -1): the dump names it.
 extern volatile int current_syscall[CPUS_MAX];
 extern const char *volatile current_syscall_name[CPUS_MAX];
+extern struct trapframe *syscall_frame[CPUS_MAX];   // its registers (clone copies them)
 
 // pic.c: the two 8259s, devices' interrupts on vectors 32..47 of CPU 0.
 void pic_init(void);
@@ -176,12 +183,22 @@ long thread_clone(const struct trapframe *tf, uint32_t flags, uint32_t stack, ui
 void thread_exit(void) __attribute__((noreturn));     // on CPUs other than 0 only
 long futex_wait(volatile uint32_t *addr, uint32_t val, uint64_t deadline_ns);  // 0: no deadline
 long futex_wake(volatile uint32_t *addr, int n);
+// CPU 0 runs the main thread and, once every other CPU has one, one more thread in turn with it:
+// thread_switch (the trap handler's resume) picks which runs after each trap; cpu0_wait is
+// what the running one calls instead of hlt while a second thread shares CPU 0.
+struct trapframe *thread_switch(struct trapframe *tf, enum trap_kind kind);
+int cpu0_shared(void);              // a second thread shares CPU 0 now
+uint32_t cpus_tid(void);            // the calling thread's id (the main thread's is 1)
+void cpu0_wait(void);               // CPU 0's idle: the other thread runs until an interrupt
 // What a CPU other than 0 runs: the thread in its mailbox, or sleep until one arrives.
 void cpu_idle_loop(void) __attribute__((noreturn));
 
 // trap.c (struct trapframe in trap.h)
 // System calls (int 0x80) go to syscall, CPU exceptions to fault (which does not return).
-void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf));
+// After each trap, resume says which frame to return to (CPU 0's thread switch, thread.c),
+// knowing what the trap was (enum trap_kind, above).
+void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf),
+    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind));
 void idt_load(void);        // on a CPU started after idt_init
 void irq_register(int irq, void (*handler)(void));
 
@@ -212,6 +229,10 @@ static inline void irq_restore(uint32_t flags) {
 // starts. Only CPU 0 gets timer and device interrupts: the others just pause a moment (and so
 // does CPU 0 while its tick is paused).
 static inline void cpu_idle(void) {
+    if (cpu0_shared() && cpu_id() == 0) {
+        cpu0_wait();        // the thread that shares CPU 0 runs meanwhile
+        return;
+    }
     if (cpu_id() != 0 || tick_paused) {
         __asm__ volatile ("sti; pause" ::: "memory");
         return;

@@ -24,6 +24,7 @@
 #define LVT_MASKED          (1u << 16)
 
 #define VECTOR_IPI          0xf0    // "look at your mailbox / futex": only wakes a halted CPU
+#define VECTOR_YIELD        0xf1    // int $VECTOR_YIELD: CPU 0's running thread offers the CPU (thread.c)
 #define VECTOR_SPURIOUS     0xff
 
 extern uint32_t lapic_base;         // physical = linear: paging is off

@@ -7,6 +7,7 @@
 
 volatile int current_syscall[CPUS_MAX] = { [0 ... CPUS_MAX - 1] = -1 };
 const char *volatile current_syscall_name[CPUS_MAX];
+struct trapframe *syscall_frame[CPUS_MAX];
 static volatile int panicking = -1;     // the CPU printing its dump
 
 // Generated from the linked kernel by the build (ksyms.S); absent in the first link pass.

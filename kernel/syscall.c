@@ -23,9 +23,9 @@ static long sys_exit_group(ARGS) {
     kernel_exit((int)a1);
 }
 
-// exit() ends the calling thread; in the main thread, on CPU 0, that is the whole program.
+// exit() ends the calling thread; in the main thread (tid 1, on CPU 0) that is the whole program.
 static long sys_exit(ARGS) {
-    if (cpu_id() == 0) {
+    if (cpus_tid() == 1) {
         return sys_exit_group(a1, a2, a3, a4, a5, a6);
     }
     thread_exit();
@@ -190,9 +190,8 @@ static long sys_nosys_quiet(ARGS) { UNUSED_ARGS; return -ENOSYS; } // known, del
 static long sys_enoent(ARGS) { UNUSED_ARGS; return -ENOENT; }
 static long sys_erofs(ARGS) { UNUSED_ARGS; return -EROFS; }
 static long sys_one(ARGS) { UNUSED_ARGS; return 1; }            // pid: there is one process
-static long sys_gettid(ARGS) { UNUSED_ARGS; return cpus[cpu_id()].tid; }
+static long sys_gettid(ARGS) { UNUSED_ARGS; return cpus_tid(); }
 
-static struct trapframe *syscall_frame[CPUS_MAX];   // each CPU's system call in progress
 
 // clone(flags, stack, parent_tid, tls, child_tid): i386's argument order
 static long sys_clone(ARGS) {

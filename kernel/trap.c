@@ -23,9 +23,10 @@ static struct idt_entry idt[256];
 static void (*irq_handlers[IRQ_COUNT])(void);
 static void (*syscall_handler)(struct trapframe *tf);
 static void (*fault_handler)(struct trapframe *tf);
+static struct trapframe *(*resume_handler)(struct trapframe *tf, enum trap_kind kind);
 
 extern const uint32_t trap_vectors[IRQ_BASE + IRQ_COUNT];
-extern void trap128(void), trap240(void), trap255(void);
+extern void trap128(void), trap240(void), trap241(void), trap255(void);
 
 static void set_gate(int vec, uint32_t offset, uint16_t selector, uint8_t type) {
     idt[vec].offset_lo = offset & 0xffff;
@@ -35,9 +36,11 @@ static void set_gate(int vec, uint32_t offset, uint16_t selector, uint8_t type) 
     idt[vec].type_attr = type;
 }
 
-void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf)) {
+void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf),
+    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind)) {
     syscall_handler = syscall;
     fault_handler = fault;
+    resume_handler = resume;
     for (int v = 0; v < IRQ_BASE + IRQ_COUNT; v++) {
         set_gate(v, trap_vectors[v], SEL_KERNEL_CODE, GATE_INTERRUPT);
     }
@@ -46,6 +49,7 @@ void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapfr
     // read on the console can wait for the serial interrupt.
     set_gate(SYSCALL_VECTOR, (uint32_t)trap128, SEL_KERNEL_CODE, GATE_TRAP);
     set_gate(VECTOR_IPI, (uint32_t)trap240, SEL_KERNEL_CODE, GATE_INTERRUPT);
+    set_gate(VECTOR_YIELD, (uint32_t)trap241, SEL_KERNEL_CODE, GATE_INTERRUPT);
     set_gate(VECTOR_SPURIOUS, (uint32_t)trap255, SEL_KERNEL_CODE, GATE_INTERRUPT);
     idt_load();
 }
@@ -63,23 +67,29 @@ void irq_register(int irq, void (*handler)(void)) {
     pic_unmask(irq);
 }
 
-void trap_dispatch(struct trapframe *tf) {
+struct trapframe *trap_dispatch(struct trapframe *tf) {
+    enum trap_kind kind = TRAP_OTHER;
     if (tf->vector == SYSCALL_VECTOR) {
         syscall_handler(tf);
     } else if (tf->vector == VECTOR_IPI) {
         lapic_eoi();        // its only job was to end a hlt: the woken code looks for the reason
+        kind = TRAP_DEVICE;
+    } else if (tf->vector == VECTOR_YIELD) {
+        kind = TRAP_YIELD;
     } else if (tf->vector == VECTOR_SPURIOUS) {
-        return;             // no EOI for a spurious interrupt
+        return tf;          // no EOI for a spurious interrupt
     } else if (tf->vector >= IRQ_BASE && tf->vector < IRQ_BASE + IRQ_COUNT) {
         int irq = tf->vector - IRQ_BASE;
         if (pic_is_spurious(irq)) {
-            return;
+            return tf;
         }
         if (irq_handlers[irq]) {
             irq_handlers[irq]();
         }
         pic_eoi(irq);
+        kind = irq == 0 ? TRAP_TICK : TRAP_DEVICE;
     } else {
         fault_handler(tf);
     }
+    return resume_handler ? resume_handler(tf, kind) : tf;
 }

@@ -18,3 +18,5 @@ static inline uint32_t trapframe_esp(const struct trapframe *tf) {
 #define IRQ_BASE        32
 #define IRQ_COUNT       16
 #define SYSCALL_VECTOR  0x80
+
+void trap_resume(struct trapframe *tf) __attribute__((noreturn));

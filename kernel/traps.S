@@ -71,16 +71,27 @@ TRAP_NOERR 47
 TRAP_NOERR 128
 // Local APIC: the inter-processor interrupt and the spurious-interrupt vector.
 TRAP_NOERR 240
+TRAP_NOERR 241
 TRAP_NOERR 255
 
+// trap_dispatch returns the frame to resume: this one, or (on CPU 0, which may run two threads)
+// the other thread's, saved on its own stack when it was switched out.
 trap_common:
     pushal
     movl %esp, %eax
     pushl %eax
     call trap_dispatch
-    addl $4, %esp
+    movl %eax, %esp
     popal
     addl $8, %esp                   // vector and error code
+    iret
+
+// trap_resume(struct trapframe *tf): resume a frame trap_common saved, leaving this stack for good.
+    .globl trap_resume
+trap_resume:
+    movl 4(%esp), %esp
+    popal
+    addl $8, %esp
     iret
 
 // The table idt.c installs, in vector order 0..47.

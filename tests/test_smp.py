@@ -48,7 +48,23 @@ def test_one_cpu_keeps_threads_refused():
         assert "cpus: 1 (ACPI MADT): cpu0=apic0" in banner
         assert g.eval("__import__('kernel').cpus()") == "1"
         out = run(g, "import kernel\ntry:\n    kernel.thread_test(1)\nexcept OSError as e:\n    print('OSError', e.errno)")
-        assert out.strip() == "OSError 11"       # EAGAIN: clone finds no idle CPU, as before SMP
+        assert out.strip() == "OSError 11"       # EAGAIN: no other CPU, so no thread to start
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_thread_more_than_the_other_cpus_shares_cpu0_with_python(cpus):
+    """Once every other CPU has a thread, one more runs on CPU 0 in turn with the main thread (a
+    decode beside the server): the relay passes its turn through futex waits and wakes that now
+    switch threads on CPU 0, each turn's SSE arithmetic must come out as computed alone (the
+    registers are the thread's own), and each thread's TLS stays its own."""
+    with Guest(smp=cpus, timeout=120) as g:
+        g.wait_prompt()
+        result = ast.literal_eval(g.eval(f"__import__('kernel').thread_test(30, 10, {cpus})", timeout=300))
+        assert result == {"threads": 30 * cpus, "tids": cpus + 1, "nprocs_onln": cpus}
+        # CPU 0 takes one thread besides the main one
+        out = run(g, f"import kernel\ntry:\n    kernel.thread_test(1, 2, {cpus + 1})\nexcept OSError as e:\n    print('OSError', e.errno)")
+        assert out.strip() == "OSError 11"
+        assert g.eval("1 + 1") == "2"
 
 
 def test_1000_thread_cycles_with_futex_traffic_leak_nothing(smp2):
@@ -182,4 +198,5 @@ def test_server_answers_health_during_multithreaded_generation(tiny):
     predicted = result["body"]["tokens_predicted"]
     assert result["status"] == 200 and predicted > 100
     assert len(answers) > 1 and all(a == (200, {"status": "ok"}) for a, _ in answers)
-    assert clones_before == 1 and clones == 0   # the model's pool: one worker, started at load, for every decode
+    # the model's pool: one worker, started at load; the decoder thread: one, at the first decode
+    assert clones_before == 1 and clones == 1

@@ -1,11 +1,11 @@
 """Generation. The model's KV cache holds one sequence per slot; one scheduler task advances every
-busy slot together (a new slot's whole prompt, the others' last token, in one decode_batch), samples
-each slot's next token with its own llm.Sampler, and yields to asyncio between steps, so the
-server answers other requests while generating. Requests beyond the slots wait in a bounded queue."""
+busy slot together (a new slot's whole prompt, the others' last token, in one decode), samples each
+slot's next token with its own llm.Sampler. The decode runs in the model's decoder thread while the
+loop goes on, so the server answers other requests while it computes. Requests beyond the slots wait
+in a bounded queue."""
 import asyncio
 import sys
 import time
-from asyncio import core
 
 import llm
 
@@ -184,12 +184,6 @@ def common_prefix(a, b):
     return n
 
 
-def others_ready():
-    """Whether another asyncio task is ready to run now."""
-    head = core._task_queue.peek()
-    return head is not None and time.ticks_diff(head.ph_key, time.ticks_ms()) <= 0
-
-
 class Slot:
     def __init__(self, id):
         self.id = id                    # also the sequence id in the KV cache
@@ -201,6 +195,9 @@ class Slot:
 
 
 class Engine:
+    POLL_MS = 2             # how often the scheduler asks whether the decoder thread is done
+    PREFILL_STRETCH = 2     # a prompt read beside generating slots makes their step at most this much longer
+
     def __init__(self, settings):
         self.settings = settings
         self.model = None
@@ -211,6 +208,7 @@ class Engine:
         self.waiting = []
         self.uses = 0
         self.wake = asyncio.Event()
+        self.ms_per_token = (None, None)    # decode cost of a generated token, of a prompt token
         self.stats = {"prompt_tokens": 0, "prompt_ms": 0.0, "predicted_tokens": 0, "predicted_ms": 0.0,
                       "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0,
                       "restarts": 0}
@@ -293,7 +291,15 @@ class Engine:
                 await asyncio.sleep_ms(100)     # a fault that recurs at once must not starve the loop
 
     def reset(self, error):
-        """Every task failed with error, every slot and its sequence emptied."""
+        """Every task failed with error, every slot and its sequence emptied (after the decode
+        that may still run in the background: the KV cache is its until it ends)."""
+        while True:
+            try:
+                if self.model.decode_done():
+                    break
+            except Exception:       # its error: the tasks fail anyway
+                break
+            time.sleep_ms(1)
         for task in self.waiting:
             task.fail(error)
         self.waiting = []
@@ -316,33 +322,46 @@ class Engine:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            t0 = time.ticks_ms()
-            self.step(busy)
-            await self.let_others_run(time.ticks_diff(time.ticks_ms(), t0))
+            await self.step(busy)
 
-    async def let_others_run(self, decode_ms):
-        """Between two decodes, let the HTTP tasks run while they have work, for up to half the
-        decode's time (at least 10 ms): a request takes a few TCP round trips and a dozen
-        awaits, and one decode per await would make /health wait seconds behind a generation."""
-        t0 = time.ticks_ms()
-        budget = max(10, decode_ms // 2)
-        while time.ticks_diff(time.ticks_ms(), t0) < budget:
-            # A 1 ms wait, not sleep_ms(0): with a task ready, asyncio polls its sockets with
-            # timeout 0, which skips the event hook that drains the NIC into lwIP (then only the
-            # poll the timer schedules after 20 ms without one would, net/net.c).
-            await asyncio.sleep_ms(1)
-            if not others_ready():
-                return
-            for _ in range(100):
-                await asyncio.sleep_ms(0)
-                if not others_ready():
-                    break
+    async def decode(self, items):
+        """decode_batch in the model's decoder thread: the loop (HTTP, the console, the streams'
+        writes) runs meanwhile, on CPU 0 in turn with it when no other CPU is free."""
+        model = self.model
+        model.decode_start(items)
+        while not model.decode_done():
+            await asyncio.sleep_ms(self.POLL_MS)
 
-    def step(self, busy):
-        items = [(s.id, s.pending) for s in busy]
+    def prefill_chunk(self, busy):
+        """How many prompt tokens a slot decodes in this step. Alone, all of them (in n_batch pieces
+        within one decode); beside slots that are generating, only as many as keep the step within
+        PREFILL_STRETCH times a step of theirs alone, so that their streams go on while a long prompt
+        is read (vLLM's chunked prefill), from what a token of each kind has cost so far."""
+        generating = sum(1 for s in busy if s.task.n_sampled)
+        prefilling = len(busy) - generating
+        if not generating or not prefilling:
+            return 1 << 30
+        gen, prompt = self.ms_per_token
+        ratio = gen / prompt if gen and prompt else 1.0
+        return max(1, int((self.PREFILL_STRETCH - 1) * generating * ratio / prefilling))
+
+    def measured(self, ms, items, busy):
+        """A step's decode time into the running means of ms per token: generation steps (one token
+        per slot) and prompt steps (no slot generating); steps of both kinds tell neither apart."""
+        gen, prompt = self.ms_per_token
+        n = sum(len(tokens) for _, tokens in items)
+        if n == len(items) and all(s.task.n_sampled for s in busy):
+            gen = ms / n if gen is None else 0.8 * gen + 0.2 * ms / n
+        elif not any(s.task.n_sampled for s in busy):
+            prompt = ms / n if prompt is None else 0.8 * prompt + 0.2 * ms / n
+        self.ms_per_token = (gen, prompt)
+
+    async def step(self, busy):
+        chunk = self.prefill_chunk(busy)
+        items = [(s.id, s.pending if len(s.pending) <= chunk else s.pending[:chunk]) for s in busy]
         t0 = time.ticks_us()
         try:
-            self.model.decode_batch(items)
+            await self.decode(items)
         except Exception as e:
             for s in busy:
                 self.model.kv_remove(s.id)      # what the failed decode left there is unknown
@@ -350,17 +369,24 @@ class Engine:
                 s.task.fail(e)
                 self._release(s)
             return
+        self.measured(time.ticks_diff(time.ticks_us(), t0) / 1000, items, busy)
         st = self.stats
         st["decodes"] += 1
         st["busy_slots"] += len(busy)
         for s, (seq, tokens) in zip(busy, items):
             task = s.task
-            prompt = len(s.cache) == task.n_cached      # the prompt's step (the cached start not decoded again)
-            if prompt:
+            if task is None or task.cancelled:  # ended while the decode ran: schedule() frees the slot
+                continue
+            prompt = not task.n_sampled         # still reading its prompt (the cached start not decoded again)
+            if len(s.cache) == task.n_cached:
                 task.t_last = t0
+            if prompt:
                 st["prompt_tokens"] += len(tokens)
             s.cache += tokens
             st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
+            if len(tokens) < len(s.pending):    # a piece of the prompt: the rest in the next steps
+                s.pending = s.pending[len(tokens):]
+                continue
             try:                # whatever goes wrong ends this task, never the scheduler
                 token = task.sampler.sample(seq)
                 self.timed(task, prompt)

@@ -156,8 +156,20 @@ struct relay {
 
 static __thread int relay_seat;    // each thread's own TLS: checked after the relay
 
+// Arithmetic in SSE registers long enough for a timer tick to land in it: on CPU 0, where two
+// threads may take turns, a switch that lost a thread's registers would change the result.
+static __attribute__((noinline)) double spin(int seat, int n) {
+    double x = seat + 1.0, y = 0.5;
+    for (int i = 0; i < n; i++) {
+        x = x * 1.0000001 + y;
+        y = y * 0.9999999 + 1e-9 * x;
+    }
+    return x + y;
+}
+
 static void relay_run(struct relay *r, int seat) {
     relay_seat = seat;
+    double expect = spin(seat, 200000);
     r->tids[seat] = (pid_t)syscall(SYS_gettid);
     for (int k = 0; k < r->rounds; k++) {
         pthread_mutex_lock(&r->lock);
@@ -167,6 +179,9 @@ static void relay_run(struct relay *r, int seat) {
         r->turn = (seat + 1) % r->participants;
         pthread_cond_broadcast(&r->turn_changed);
         pthread_mutex_unlock(&r->lock);
+        if (spin(seat, 200000) != expect) {
+            __atomic_fetch_add(&r->bad, 1, __ATOMIC_RELAXED);
+        }
         void *p = malloc(1000 + seat * 100 + k);     // glibc's per-thread arenas, through mmap
         if (!p) {
             __atomic_fetch_add(&r->bad, 1, __ATOMIC_RELAXED);
@@ -189,14 +204,18 @@ static void *relay_thread(void *arg) {
     return (void *)(intptr_t)(a->seat * 7);
 }
 
-// thread_test(cycles, rounds=20) -> dict: cycles times, start one pthread per CPU but this one,
-// pass a turn round all of them (main thread included) rounds times, join them. Returns the
-// threads joined, distinct thread ids seen in the last cycle, and glibc's
-// sysconf(_SC_NPROCESSORS_ONLN). OSError(EAGAIN) when there is no other CPU.
+// thread_test(cycles, rounds=20, threads=<one per CPU but this one>) -> dict: cycles times, start
+// that many pthreads, pass a turn round all of them (main thread included) rounds times, each doing
+// some SSE arithmetic and a malloc per turn, join them. One thread more than the other CPUs shares
+// CPU 0 with this one. Returns the threads joined, distinct thread ids seen in the last cycle, and
+// glibc's sysconf(_SC_NPROCESSORS_ONLN). OSError(EAGAIN) when there is no thread to start.
 static mp_obj_t kernel_thread_test(size_t n_args, const mp_obj_t *args) {
     int cycles = mp_obj_get_int(args[0]);
     int rounds = n_args > 1 ? mp_obj_get_int(args[1]) : 20;
-    int workers = cpu_count - 1;
+    int workers = n_args > 2 ? mp_obj_get_int(args[2]) : cpu_count - 1;
+    if (workers < 0 || workers >= CPUS_MAX) {
+        mp_raise_ValueError(MP_ERROR_TEXT("threads out of range"));
+    }
     struct relay r;
     int joined = 0, distinct = 0, err = 0;
     for (int c = 0; c < cycles && !err; c++) {
@@ -249,7 +268,7 @@ static mp_obj_t kernel_thread_test(size_t n_args, const mp_obj_t *args) {
     dict_set(d, MP_QSTR_nprocs_onln, MP_OBJ_NEW_SMALL_INT(sysconf(_SC_NPROCESSORS_ONLN)));
     return d;
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_thread_test_obj, 1, 2, kernel_thread_test);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_thread_test_obj, 1, 3, kernel_thread_test);
 
 // Inlined: the dump's first frame is the function Python (or the thread) called.
 static inline __attribute__((always_inline)) void raise_fault(const char *kind) {

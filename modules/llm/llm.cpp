@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <pthread.h>
 
 #include "common.h"                     // llama.cpp's common library: common_params_sampling
 #include "json-schema-to-grammar.h"     // and json_schema_to_grammar, what llama-server uses
@@ -207,27 +208,34 @@ static void batch_add(llama_batch *b, llama_token t, llama_pos pos, int seq, boo
     b->logits[i] = logits;
 }
 
-static void run_batch(llm_model_obj_t *m) {
+// What a decode came to, kept apart from MicroPython: a decode may run in the decoder thread,
+// where nothing may be raised; decode_raise() turns it into the exception in the caller's thread.
+struct decode_result {
+    bool cpp_failed;            // a C++ exception: message is its text
+    int ret;                    // llama_decode's result when not 0: message is its ERROR line
+    char message[512];
+};
+
+static bool run_batch(llm_model_obj_t *m, decode_result *r) {
     llama_batch *b = model_batch(m);
     int32_t ret = 0;
     log_error[0] = 0;
-    clock_pause_tick(1);
     bool ok = guarded([&] { ret = llama_decode(m->ctx, *b); });
-    clock_pause_tick(0);
-    if (!ok) {
-        raise_cpp_error();
-    }
     b->n_tokens = 0;
-    if (ret == 1) {
-        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("no room in the KV cache: remove finished sequences first"));
-    } else if (ret != 0) {
-        mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("decode failed (%d): %s"), (int)ret, log_error);
+    if (!ok) {
+        r->cpp_failed = true;
+        snprintf(r->message, sizeof(r->message), "%s", cpp_error);
+        return false;
     }
+    if (ret != 0) {
+        r->ret = ret;
+        snprintf(r->message, sizeof(r->message), "%s", log_error);
+        return false;
+    }
+    return true;
 }
 
-// Decode several sequences' tokens. Each sequence's tokens but the last go through in chunks of
-// n_batch; then all the last tokens share one batch, so every sequence has its logits at once.
-void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
+static void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items) {
     if ((int)n_items > m->n_batch) {
         mp_raise_ValueError(MP_ERROR_TEXT("more sequences than n_batch"));
     }
@@ -247,6 +255,13 @@ void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
             }
         }
     }
+}
+
+// Each sequence's tokens but the last go through in chunks of n_batch; then all the last tokens
+// share one batch, so every sequence has its logits at once. No MicroPython in here.
+static void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r) {
+    r->cpp_failed = false;
+    r->ret = 0;
     for (int s = 0; s < m->n_seq; s++) {
         m->logits_index[s] = -1;
     }
@@ -256,20 +271,197 @@ void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
         llama_pos pos = next_pos(m, items[i].seq);
         for (size_t k = 0; k + 1 < items[i].n; k++) {
             batch_add(b, items[i].tokens[k], pos + (llama_pos)k, items[i].seq, false);
-            if (b->n_tokens == m->n_batch) {
-                run_batch(m);
+            if (b->n_tokens == m->n_batch && !run_batch(m, r)) {
+                return;
             }
         }
     }
-    if (b->n_tokens) {
-        run_batch(m);
+    if (b->n_tokens && !run_batch(m, r)) {
+        return;
     }
     for (size_t i = 0; i < n_items; i++) {
         llama_pos pos = next_pos(m, items[i].seq);
         m->logits_index[items[i].seq] = b->n_tokens;
         batch_add(b, items[i].tokens[items[i].n - 1], pos, items[i].seq, true);
     }
-    run_batch(m);
+    run_batch(m, r);
+}
+
+static void decode_raise(const decode_result *r) {
+    if (r->cpp_failed) {
+        if (strcmp(r->message, "out of memory") == 0) {
+            mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("llama.cpp: out of memory"));
+        }
+        mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp: %s"), r->message);
+    }
+    if (r->ret == 1) {
+        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("no room in the KV cache: remove finished sequences first"));
+    } else if (r->ret != 0) {
+        mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("decode failed (%d): %s"), r->ret, r->message);
+    }
+}
+
+// Decode in this thread, the timer tick paused meanwhile (kernel/clock.c: what it costs under TCG).
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
+    decode_check(m, items, n_items);
+    decode_result r;
+    clock_pause_tick(1);
+    decode_run(m, items, n_items, &r);
+    clock_pause_tick(0);
+    decode_raise(&r);
+}
+
+// ---------------------------------------------------------------- decoding in the background
+// decode_start() hands a decode to the model's decoder thread and returns at once; the caller goes
+// on (the server answers requests) and asks decode_done() until it says the decode is over. The
+// thread is a plain pthread, made at the first decode_start(): the kernel gives it a CPU of its own
+// or, once every other CPU has a thread (ggml's workers), CPU 0 in turn with MicroPython.
+
+enum { DEC_IDLE, DEC_QUEUED, DEC_DONE };
+
+struct decoder {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    volatile int state;             // DEC_*: QUEUED and DONE belong to the thread until decode_done()
+    bool quit;
+    llm_model_obj_t *model;
+    decode_item *items;             // copies of the caller's, in memory of the decoder's own
+    size_t n_items, items_cap;
+    llama_token *tokens;
+    size_t tokens_cap;
+    decode_result result;
+};
+
+static void *decoder_main(void *arg) {
+    decoder *d = (decoder *)arg;
+    pthread_mutex_lock(&d->lock);
+    for (;;) {
+        while (d->state != DEC_QUEUED && !d->quit) {
+            pthread_cond_wait(&d->wake, &d->lock);
+        }
+        if (d->state != DEC_QUEUED) {
+            break;
+        }
+        pthread_mutex_unlock(&d->lock);
+        decode_run(d->model, d->items, d->n_items, &d->result);
+        pthread_mutex_lock(&d->lock);
+        __atomic_store_n(&d->state, DEC_DONE, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return nullptr;
+}
+
+bool decoder_busy(llm_model_obj_t *m) {
+    return m->decoder && __atomic_load_n(&m->decoder->state, __ATOMIC_ACQUIRE) != DEC_IDLE;
+}
+
+void decoder_stop(llm_model_obj_t *m) {
+    decoder *d = m->decoder;
+    if (!d) {
+        return;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->quit = true;
+    pthread_cond_signal(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    pthread_join(d->thread, nullptr);
+    pthread_cond_destroy(&d->wake);
+    pthread_mutex_destroy(&d->lock);
+    free(d->items);
+    free(d->tokens);
+    free(d);
+    m->decoder = nullptr;
+}
+
+static decoder *decoder_of(llm_model_obj_t *m) {
+    if (m->decoder) {
+        return m->decoder;
+    }
+    decoder *d = (decoder *)calloc(1, sizeof(decoder));
+    if (!d) {
+        mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("no memory for the decoder thread"));
+    }
+    d->model = m;
+    pthread_mutex_init(&d->lock, nullptr);
+    pthread_cond_init(&d->wake, nullptr);
+    int err = pthread_create(&d->thread, nullptr, decoder_main, d);
+    if (err) {
+        pthread_cond_destroy(&d->wake);
+        pthread_mutex_destroy(&d->lock);
+        free(d);
+        mp_raise_OSError(err);
+    }
+    m->decoder = d;
+    return d;
+}
+
+// decode_start([(seq_id, tokens), ...]): decode_batch's work, in the decoder thread; the model's
+// context is its own (open_context refuses it) until decode_done() returns True
+mp_obj_t llm_model_decode_start(mp_obj_t self_in, mp_obj_t items_in) {
+    llm_model_obj_t *self = open_context(self_in);
+    size_t n;
+    mp_obj_t *pairs;
+    mp_obj_get_array(items_in, &n, &pairs);
+    decode_item *items = m_new(decode_item, n ? n : 1);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        mp_obj_t *pair;
+        mp_obj_get_array_fixed_n(pairs[i], 2, &pair);
+        items[i].seq = seq_arg(self, pair[0]);
+        items[i].tokens = tokens_arg(self, pair[1], &items[i].n);
+        total += items[i].n;
+    }
+    decode_check(self, items, n);
+    decoder *d = decoder_of(self);
+    if (n > d->items_cap || total > d->tokens_cap) {
+        decode_item *more_items = (decode_item *)realloc(d->items, (n ? n : 1) * sizeof(decode_item));
+        if (more_items) {
+            d->items = more_items;
+            d->items_cap = n;
+        }
+        llama_token *more_tokens = (llama_token *)realloc(d->tokens, (total ? total : 1) * sizeof(llama_token));
+        if (more_tokens) {
+            d->tokens = more_tokens;
+            d->tokens_cap = total;
+        }
+        if (!more_items || !more_tokens) {
+            mp_raise_msg(&mp_type_MemoryError, MP_ERROR_TEXT("no memory for the decode's tokens"));
+        }
+    }
+    llama_token *next = d->tokens;
+    for (size_t i = 0; i < n; i++) {
+        d->items[i].seq = items[i].seq;
+        d->items[i].n = items[i].n;
+        d->items[i].tokens = next;
+        memcpy(next, items[i].tokens, items[i].n * sizeof(llama_token));
+        next += items[i].n;
+    }
+    d->n_items = n;
+    pthread_mutex_lock(&d->lock);
+    __atomic_store_n(&d->state, DEC_QUEUED, __ATOMIC_RELEASE);
+    pthread_cond_signal(&d->wake);
+    pthread_mutex_unlock(&d->lock);
+    return mp_const_none;
+}
+
+// decode_done() -> bool: whether the decode_start() decode is over (True also with none started);
+// the first True for a decode that failed raises its error instead, as decode_batch would have
+mp_obj_t llm_model_decode_done(mp_obj_t self_in) {
+    llm_model_obj_t *self = open_model(self_in);
+    decoder *d = self->decoder;
+    if (!d) {
+        return mp_const_true;
+    }
+    int state = __atomic_load_n(&d->state, __ATOMIC_ACQUIRE);
+    if (state == DEC_QUEUED) {
+        return mp_const_false;
+    }
+    if (state == DEC_DONE) {
+        __atomic_store_n(&d->state, DEC_IDLE, __ATOMIC_RELEASE);
+        decode_raise(&d->result);
+    }
+    return mp_const_true;
 }
 
 // decode(tokens, seq_id=0): append tokens to a sequence; its logits become available
@@ -488,7 +680,7 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
     if (!mp_obj_is_type(args[ARG_model].u_obj, &llm_model_type)) {
         mp_raise_TypeError(MP_ERROR_TEXT("first argument must be an llm.Model"));
     }
-    llm_model_obj_t *m = open_context(args[ARG_model].u_obj);
+    llm_model_obj_t *m = has_context(args[ARG_model].u_obj);
     auto real = [&](int i, float dflt) {
         return args[i].u_obj == MP_OBJ_NULL ? dflt : (float)mp_obj_get_float(args[i].u_obj);
     };

@@ -21,6 +21,7 @@ typedef struct {
     int n_ctx, n_batch, n_seq;
     int *logits_index;      // per sequence: batch index of its logits in the last decode, or -1
     void *batch;            // struct llama_batch, n_batch tokens
+    struct decoder *decoder;    // the thread of decode_start(), once there has been one
     struct ggml_threadpool *threadpool;             // ggml's workers, for the context's lifetime
     void (*threadpool_free)(struct ggml_threadpool *);
 } llm_model_obj_t;
@@ -54,6 +55,8 @@ mp_obj_t llm_model_token_to_piece(size_t n_args, const mp_obj_t *args, mp_map_t 
 mp_obj_t llm_model_is_eog(mp_obj_t self, mp_obj_t token);
 mp_obj_t llm_model_apply_chat_template(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
 mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_decode_start(mp_obj_t self, mp_obj_t items);
+mp_obj_t llm_model_decode_done(mp_obj_t self);
 mp_obj_t llm_model_decode_batch(mp_obj_t self, mp_obj_t items);
 mp_obj_t llm_model_logits(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_model_seq_pos(mp_obj_t self, mp_obj_t seq);

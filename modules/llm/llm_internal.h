@@ -41,7 +41,8 @@ bool guarded(F body) {
 
 // model.cpp: a Model argument that is open (and, for decoding, not vocab_only), its batch.
 llm_model_obj_t *open_model(mp_obj_t self_in);
-llm_model_obj_t *open_context(mp_obj_t self_in);
+llm_model_obj_t *open_context(mp_obj_t self_in);     // ... and no decode_start() running
+llm_model_obj_t *has_context(mp_obj_t self_in);      // ... while one may run (it uses the vocab only)
 llama_batch *model_batch(llm_model_obj_t *m);
 
 // llm.cpp: Python arguments checked against a model; each raises ValueError with what is wrong.
@@ -57,3 +58,5 @@ struct decode_item {
 };
 
 void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
+bool decoder_busy(llm_model_obj_t *m);  // a decode_start() has not been ended by decode_done() yet
+void decoder_stop(llm_model_obj_t *m);  // the thread ended (after the decode it runs), its memory freed

@@ -51,6 +51,9 @@ static void log_callback(enum ggml_log_level level, const char *text, void *) {
 // The longjmp skips C++ destructors on the way out (memory may leak); the kernel lives on.
 static void abort_callback(const char *message) {
     fprintf(stderr, "llama.cpp abort: %s\n", message);
+    if (cpus_tid() != 1) {          // a ggml worker or the decoder thread: no Python to raise in
+        panic("llama.cpp aborted in a thread of its own");
+    }
     mp_raise_msg_varg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp aborted: %s"), message);
 }
 
@@ -85,11 +88,20 @@ llm_model_obj_t *open_model(mp_obj_t self_in) {
     return self;
 }
 
-// Decoding needs the context, which a vocab_only model does not have.
-llm_model_obj_t *open_context(mp_obj_t self_in) {
+// Decoding needs the context, which a vocab_only model does not have, and which a decode in the
+// background (decode_start) has to itself until decode_done() has said it is over.
+llm_model_obj_t *has_context(mp_obj_t self_in) {
     llm_model_obj_t *self = open_model(self_in);
     if (!self->ctx) {
         mp_raise_ValueError(MP_ERROR_TEXT("a vocab_only model cannot decode"));
+    }
+    return self;
+}
+
+llm_model_obj_t *open_context(mp_obj_t self_in) {
+    llm_model_obj_t *self = has_context(self_in);
+    if (decoder_busy(self)) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("a decode is running: wait for decode_done()"));
     }
     return self;
 }
@@ -123,6 +135,7 @@ llama_batch *model_batch(llm_model_obj_t *m) {
 
 mp_obj_t llm_model_close(mp_obj_t self_in) {
     llm_model_obj_t *self = (llm_model_obj_t *)MP_OBJ_TO_PTR(self_in);
+    decoder_stop(self);
     if (self->batch) {
         llama_batch_free(*model_batch(self));
         delete model_batch(self);
@@ -228,6 +241,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->ctx = nullptr;
     self->batch = nullptr;
     self->threadpool = nullptr;
+    self->decoder = nullptr;
     self->logits_index = nullptr;
     log_error[0] = 0;
 

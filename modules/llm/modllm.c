@@ -6,6 +6,7 @@
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
 //   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
+//   m.decode_start([(seq_id, tokens), ...]) m.decode_done(): decode_batch in a thread of its own
 //   m.probs(seq_id, n, token=None)
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
 //   s = llm.Sampler(m, temperature=, top_k=, top_p=, min_p=, seed=, repeat_penalty=, repeat_last_n=,
@@ -40,6 +41,8 @@ static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_is_eog_obj, llm_model_is_eog);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_apply_chat_template_obj, 2, llm_model_apply_chat_template);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_decode_obj, 2, llm_model_decode);
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_decode_batch_obj, llm_model_decode_batch);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_decode_start_obj, llm_model_decode_start);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_model_decode_done_obj, llm_model_decode_done);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_logits_obj, 1, 2, llm_model_logits);
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_seq_pos_obj, llm_model_seq_pos);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_probs_obj, 3, 4, llm_model_probs);
@@ -57,6 +60,8 @@ static const mp_rom_map_elem_t llm_model_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_apply_chat_template), MP_ROM_PTR(&llm_model_apply_chat_template_obj) },
     { MP_ROM_QSTR(MP_QSTR_decode), MP_ROM_PTR(&llm_model_decode_obj) },
     { MP_ROM_QSTR(MP_QSTR_decode_batch), MP_ROM_PTR(&llm_model_decode_batch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_decode_start), MP_ROM_PTR(&llm_model_decode_start_obj) },
+    { MP_ROM_QSTR(MP_QSTR_decode_done), MP_ROM_PTR(&llm_model_decode_done_obj) },
     { MP_ROM_QSTR(MP_QSTR_logits), MP_ROM_PTR(&llm_model_logits_obj) },
     { MP_ROM_QSTR(MP_QSTR_seq_pos), MP_ROM_PTR(&llm_model_seq_pos_obj) },
     { MP_ROM_QSTR(MP_QSTR_probs), MP_ROM_PTR(&llm_model_probs_obj) },
