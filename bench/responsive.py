@@ -13,7 +13,6 @@ parallel=2, n_ctx 2048), in one boot:
 Prints a table of ratios; writes build/bench/responsive.json.
 """
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -24,29 +23,11 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from qemu import Guest, free_port  # noqa: E402
+from test_responsive import health_ms, post, stream_beside  # noqa: E402
 
 MODEL = os.path.join(ROOT, "build", "deps", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 PARAGRAPH = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small lamp "
              "and a notebook in which he recorded the weather, the passing ships and the color of the sea. ")
-
-
-def post(port, body, timeout=1200):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    c.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = json.loads(r.read())
-    c.close()
-    return data
-
-
-def health_ms(port):
-    t0 = time.monotonic()
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", "/health")
-    r = c.getresponse()
-    r.read()
-    c.close()
-    return (time.monotonic() - t0) * 1000, r.status
 
 
 def pct(xs, p):
@@ -63,9 +44,7 @@ class Poller(threading.Thread):
 
     def run(self):
         while not self.done.is_set():
-            ms, status = health_ms(self.port)
-            if status == 200:
-                self.ms.append(ms)
+            self.ms.append(health_ms(self.port))
             time.sleep(0.1)
 
 
@@ -113,45 +92,6 @@ print('RESULT', res)
     return statistics.median(inline), statistics.median(thread)
 
 
-def stream_gaps(port, text):
-    """A stream of 48 tokens; after its 6th token, a request with a long prompt on the other slot.
-    Returns the gaps (ms) between its tokens before the long prompt came and while it was read."""
-    arrivals, marks = [], {}
-
-    def long_request():
-        marks["start"] = time.monotonic()
-        post(port, {"prompt": text, "n_predict": 1, "cache_prompt": False, "temperature": 0})
-        marks["end"] = time.monotonic()
-
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=1200)
-    c.request("POST", "/completion", json.dumps({"prompt": "Tell me about the sea.", "n_predict": 48, "stream": True,
-                                                 "ignore_eos": True, "temperature": 0, "cache_prompt": False}),
-              {"Content-Type": "application/json"})
-    r = c.getresponse()
-    other = None
-    while True:
-        line = r.fp.readline()
-        if not line:
-            break
-        if line.startswith(b"data: "):
-            ev = json.loads(line[6:])
-            arrivals.append(time.monotonic())
-            if len(arrivals) == 6:
-                other = threading.Thread(target=long_request, daemon=True)
-                other.start()
-            if ev.get("stop"):
-                break
-    c.close()
-    if other:
-        other.join(1200)
-    t0 = marks.get("start")
-    t1 = marks.get("end", arrivals[-1])
-    gaps = [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:])]
-    before = [g for (a, b), g in zip(zip(arrivals, arrivals[1:]), gaps) if b <= t0]
-    during = [g for (a, b), g in zip(zip(arrivals, arrivals[1:]), gaps) if a >= t0 and b <= t1]
-    return before, during, (t1 - t0)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smp", type=int, default=os.cpu_count())
@@ -168,7 +108,7 @@ def main():
         inline, thread = decode_ratio(g, args.n_prompt, args.rounds)
         out["decode_inline_ms"], out["decode_thread_ms"] = inline, thread
         # idle server: /health and echo
-        idle = [health_ms(port)[0] for _ in range(30)]
+        idle = [health_ms(port) for _ in range(30)]
         idle_echo = echo_ms(g, 5)
         # during a long prompt (about n_prompt tokens: a paragraph is about 40)
         text = PARAGRAPH * max(1, args.n_prompt // 40)
@@ -190,10 +130,14 @@ def main():
         out["echo_idle_max"] = max(idle_echo)
         out["echo_busy"] = {"p50": pct(busy_echo, 50), "max": max(busy_echo)}
         # a stream while another request's prompt is read
-        before, during, span = stream_gaps(port, PARAGRAPH * max(1, args.n_prompt // 80))
-        out["stream_gap_before_ms"] = statistics.median(before) if before else None
-        out["stream_gap_during_max_ms"] = max(during) if during else None
-        out["stream_gap_during_median_ms"] = statistics.median(during) if during else None
+        before, during, _, span = stream_beside(
+            port, {"prompt": "Tell me about the sea.", "n_predict": 48, "ignore_eos": True, "temperature": 0,
+                   "cache_prompt": False},
+            {"prompt": PARAGRAPH * max(1, args.n_prompt // 80), "n_predict": 1, "cache_prompt": False, "temperature": 0},
+            after=6)
+        out["stream_gap_before_ms"] = statistics.median(before) * 1000 if before else None
+        out["stream_gap_during_max_ms"] = max(during) * 1000 if during else None
+        out["stream_gap_during_median_ms"] = statistics.median(during) * 1000 if during else None
         out["long_prompt_beside_stream_s"] = span
     os.makedirs(os.path.join(ROOT, "build", "bench"), exist_ok=True)
     with open(os.path.join(ROOT, "build", "bench", "responsive.json"), "w") as f:

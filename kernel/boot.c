@@ -179,7 +179,7 @@ uint32_t boot_main(uint32_t magic, const struct multiboot_info *mbi) {
     cpuid(1, &eax, &ebx, &kernel.cpuid_ecx, &kernel.cpuid_edx);
     kernel.avx = cpu_init();
     gdt_init();
-    idt_init(syscall_dispatch, panic_trap, thread_switch);
+    idt_init(syscall_dispatch, panic_trap, thread_switch, cpu0_wait);
     pic_init();
 
     uint32_t used_end = read_multiboot(mbi);

@@ -189,16 +189,19 @@ long futex_wake(volatile uint32_t *addr, int n);
 struct trapframe *thread_switch(struct trapframe *tf, enum trap_kind kind);
 int cpu0_shared(void);              // a second thread shares CPU 0 now
 uint32_t cpus_tid(void);            // the calling thread's id (the main thread's is 1)
-void cpu0_wait(void);               // CPU 0's idle: the other thread runs until an interrupt
+int cpu0_wait(void);                // CPU 0's idle while shared: the other thread runs until an
+                                    // interrupt (1); 0 when not shared
 // What a CPU other than 0 runs: the thread in its mailbox, or sleep until one arrives.
 void cpu_idle_loop(void) __attribute__((noreturn));
 
 // trap.c (struct trapframe in trap.h)
 // System calls (int 0x80) go to syscall, CPU exceptions to fault (which does not return).
 // After each trap, resume says which frame to return to (CPU 0's thread switch, thread.c),
-// knowing what the trap was (enum trap_kind, above).
+// knowing what the trap was (enum trap_kind, above); wait is how CPU 0 waits for an interrupt
+// (trap_wait, for cpu_idle below).
 void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf),
-    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind));
+    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind), int (*wait)(void));
+int trap_wait(void);        // 1 if CPU 0 waited for an interrupt the handed way, 0: halt as usual
 void idt_load(void);        // on a CPU started after idt_init
 void irq_register(int irq, void (*handler)(void));
 
@@ -229,9 +232,8 @@ static inline void irq_restore(uint32_t flags) {
 // starts. Only CPU 0 gets timer and device interrupts: the others just pause a moment (and so
 // does CPU 0 while its tick is paused).
 static inline void cpu_idle(void) {
-    if (cpu0_shared() && cpu_id() == 0) {
-        cpu0_wait();        // the thread that shares CPU 0 runs meanwhile
-        return;
+    if (cpu_id() == 0 && trap_wait()) {
+        return;             // the thread that shares CPU 0 ran meanwhile
     }
     if (cpu_id() != 0 || tick_paused) {
         __asm__ volatile ("sti; pause" ::: "memory");

@@ -187,9 +187,13 @@ static void cpu0_block(uint64_t wake_at) {
     irq_restore(flags);
 }
 
-void cpu0_wait(void) {
+int cpu0_wait(void) {
+    if (!cpu0_shared()) {
+        return 0;
+    }
     cpu0_block(0);
     __asm__ volatile ("sti" ::: "memory");
+    return 1;
 }
 
 // A thread for CPU 0 from clone: its first frame built on its stack as trap_common would have

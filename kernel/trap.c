@@ -24,6 +24,7 @@ static void (*irq_handlers[IRQ_COUNT])(void);
 static void (*syscall_handler)(struct trapframe *tf);
 static void (*fault_handler)(struct trapframe *tf);
 static struct trapframe *(*resume_handler)(struct trapframe *tf, enum trap_kind kind);
+static int (*wait_handler)(void);
 
 extern const uint32_t trap_vectors[IRQ_BASE + IRQ_COUNT];
 extern void trap128(void), trap240(void), trap241(void), trap255(void);
@@ -37,10 +38,11 @@ static void set_gate(int vec, uint32_t offset, uint16_t selector, uint8_t type) 
 }
 
 void idt_init(void (*syscall)(struct trapframe *tf), void (*fault)(struct trapframe *tf),
-    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind)) {
+    struct trapframe *(*resume)(struct trapframe *tf, enum trap_kind kind), int (*wait)(void)) {
     syscall_handler = syscall;
     fault_handler = fault;
     resume_handler = resume;
+    wait_handler = wait;
     for (int v = 0; v < IRQ_BASE + IRQ_COUNT; v++) {
         set_gate(v, trap_vectors[v], SEL_KERNEL_CODE, GATE_INTERRUPT);
     }
@@ -65,6 +67,10 @@ void idt_load(void) {
 void irq_register(int irq, void (*handler)(void)) {
     irq_handlers[irq] = handler;
     pic_unmask(irq);
+}
+
+int trap_wait(void) {
+    return wait_handler ? wait_handler() : 0;
 }
 
 struct trapframe *trap_dispatch(struct trapframe *tf) {

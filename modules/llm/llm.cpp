@@ -235,6 +235,20 @@ static bool run_batch(llm_model_obj_t *m, decode_result *r) {
     return true;
 }
 
+// [(seq_id, tokens), ...] as decode items (on the GC heap), checked against the model
+static decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n) {
+    mp_obj_t *pairs;
+    mp_obj_get_array(items_in, n, &pairs);
+    decode_item *items = m_new(decode_item, *n ? *n : 1);
+    for (size_t i = 0; i < *n; i++) {
+        mp_obj_t *pair;
+        mp_obj_get_array_fixed_n(pairs[i], 2, &pair);
+        items[i].seq = seq_arg(m, pair[0]);
+        items[i].tokens = tokens_arg(m, pair[1], &items[i].n);
+    }
+    return items;
+}
+
 static void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items) {
     if ((int)n_items > m->n_batch) {
         mp_raise_ValueError(MP_ERROR_TEXT("more sequences than n_batch"));
@@ -400,16 +414,9 @@ static decoder *decoder_of(llm_model_obj_t *m) {
 // context is its own (open_context refuses it) until decode_done() returns True
 mp_obj_t llm_model_decode_start(mp_obj_t self_in, mp_obj_t items_in) {
     llm_model_obj_t *self = open_context(self_in);
-    size_t n;
-    mp_obj_t *pairs;
-    mp_obj_get_array(items_in, &n, &pairs);
-    decode_item *items = m_new(decode_item, n ? n : 1);
-    size_t total = 0;
+    size_t n, total = 0;
+    decode_item *items = items_arg(self, items_in, &n);
     for (size_t i = 0; i < n; i++) {
-        mp_obj_t *pair;
-        mp_obj_get_array_fixed_n(pairs[i], 2, &pair);
-        items[i].seq = seq_arg(self, pair[0]);
-        items[i].tokens = tokens_arg(self, pair[1], &items[i].n);
         total += items[i].n;
     }
     decode_check(self, items, n);
@@ -486,15 +493,7 @@ mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_
 mp_obj_t llm_model_decode_batch(mp_obj_t self_in, mp_obj_t items_in) {
     llm_model_obj_t *self = open_context(self_in);
     size_t n;
-    mp_obj_t *pairs;
-    mp_obj_get_array(items_in, &n, &pairs);
-    decode_item *items = m_new(decode_item, n ? n : 1);
-    for (size_t i = 0; i < n; i++) {
-        mp_obj_t *pair;
-        mp_obj_get_array_fixed_n(pairs[i], 2, &pair);
-        items[i].seq = seq_arg(self, pair[0]);
-        items[i].tokens = tokens_arg(self, pair[1], &items[i].n);
-    }
+    decode_item *items = items_arg(self, items_in, &n);
     decode_items(self, items, n);
     return mp_const_none;
 }
