@@ -1,7 +1,7 @@
 // The global descriptor tables, one per CPU: flat 4 GiB code and data segments for ring 0, the
-// TSSes, and the TLS slots. Each CPU runs one thread, so its own table's TLS slots are that
-// thread's, as Linux switches them per thread; the GDT's address (sgdt) also tells a CPU which
-// one it is. Nothing here ever leaves ring 0, but glibc loads %gs with selector
+// TSSes, and the TLS slots. A CPU's table's TLS slots are its running thread's, as Linux
+// switches them per thread (CPU 0, which may run two, swaps them: gdt_tls_save/load); the GDT's
+// address (sgdt) also tells a CPU which one it is. Nothing here ever leaves ring 0, but glibc loads %gs with selector
 // (slot << 3) | 3, so the TLS descriptors carry DPL 3: a data segment may be loaded when
 // max(CPL, RPL) <= DPL.
 #include "kernel.h"

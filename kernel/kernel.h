@@ -177,10 +177,11 @@ void syscall_dispatch(struct trapframe *tf);
 const char *syscall_name(int nr);   // NULL for numbers the kernel does not know
 extern uint32_t syscall_counts[];
 
-// thread.c: glibc's threads, one CPU each. Results are Linux's: >= 0 or -errno.
+// thread.c: glibc's threads, one CPU each, and one more on CPU 0 beside the main thread.
+// Results are Linux's: >= 0 or -errno.
 long thread_clone(const struct trapframe *tf, uint32_t flags, uint32_t stack, uint32_t *ptid,
     const struct user_desc *tls, uint32_t *ctid);
-void thread_exit(void) __attribute__((noreturn));     // on CPUs other than 0 only
+void thread_exit(void) __attribute__((noreturn));     // any thread but the main one
 long futex_wait(volatile uint32_t *addr, uint32_t val, uint64_t deadline_ns);  // 0: no deadline
 long futex_wake(volatile uint32_t *addr, int n);
 // CPU 0 runs the main thread and, once every other CPU has one, one more thread in turn with it:

@@ -1,5 +1,6 @@
-// The CPUs. CPU 0 boots, takes every device interrupt and runs MicroPython; each of the
-// others runs at most one glibc thread (clone hands it over), and halts when it has none.
+// The CPUs. CPU 0 boots, takes every device interrupt and runs MicroPython (and, once every
+// other CPU has a thread, one more in turn: thread.c); each of the others runs at most one glibc
+// thread (clone hands it over), and halts when it has none.
 #pragma once
 #include <stdint.h>
 #include "kernel.h"
