@@ -23,7 +23,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from qemu import Guest, free_port  # noqa: E402
-from test_responsive import health_ms, post, stream_beside  # noqa: E402
+from test_responsive import echo_ms, health_ms, post, stream_beside  # noqa: E402
 
 MODEL = os.path.join(ROOT, "build", "deps", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 PARAGRAPH = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small lamp "
@@ -48,16 +48,11 @@ class Poller(threading.Thread):
             time.sleep(0.1)
 
 
-def echo_ms(g, n=10):
-    """The console's echo of a keystroke, n times (the line cleared with Ctrl-C after each)."""
+def echoes(g, n):
+    """The console's echo of a keystroke, n times, 0.2 s apart (ms)."""
     out = []
     for _ in range(n):
-        t0 = time.monotonic()
-        g.send(b"x")
-        g.expect_exact(b"x", timeout=60)
-        out.append((time.monotonic() - t0) * 1000)
-        g.send(b"\x03")
-        g.wait_prompt(timeout=60)
+        out.append(echo_ms(g))
         time.sleep(0.2)
     return out
 
@@ -109,7 +104,7 @@ def main():
         out["decode_inline_ms"], out["decode_thread_ms"] = inline, thread
         # idle server: /health and echo
         idle = [health_ms(port) for _ in range(30)]
-        idle_echo = echo_ms(g, 5)
+        idle_echo = echoes(g, 5)
         # during a long prompt (about n_prompt tokens: a paragraph is about 40)
         text = PARAGRAPH * max(1, args.n_prompt // 40)
         poller = Poller(port)
@@ -119,7 +114,7 @@ def main():
         worker.start()
         poller.start()
         time.sleep(3)
-        busy_echo = echo_ms(g, 10)
+        busy_echo = echoes(g, 10)
         worker.join(3600)
         poller.done.set()
         poller.join(60)
