@@ -190,6 +190,36 @@ print(m.seq_pos(0), m.seq_pos(1))
     assert out[2:] == ["5", "8", "5", "0"] or int(out[2]) > 0 and out[4:] == [out[2], "0"]
 
 
+def test_decode_in_the_decoder_thread(g):
+    """decode_start runs decode_batch's work in a thread of its own (here, on the one CPU in turn
+    with Python): the same logits; the context is refused until decode_done() says it is over; a
+    bad item is refused at the start, before anything runs."""
+    out = run(g, """
+from ulab import numpy as np
+a, b = m.tokenize('first sequence here'), m.tokenize('a second, different one')
+m.kv_remove(); m.decode_batch([(0, a), (1, b)]); la, lb = m.logits(0), m.logits(1)
+m.kv_remove(); m.decode_start([(0, a), (1, b)])
+try:
+    m.logits(0)
+    print('not refused')
+except RuntimeError as e:
+    print('refused:', e)
+polls = 0
+while not m.decode_done():
+    polls += 1
+print(np.max(abs(m.logits(0) - la)), np.max(abs(m.logits(1) - lb)), m.seq_pos(0) == len(a), m.seq_pos(1) == len(b), m.decode_done())
+try:
+    m.decode_start([(5, a)])
+except ValueError as e:
+    print('bad item:', e)
+""")
+    lines = out.splitlines()
+    assert lines[0] == "refused: a decode is running: wait for decode_done()"
+    la, lb, p0, p1, done = lines[1].split()
+    assert float(la) < 1e-3 and float(lb) < 1e-3 and (p0, p1, done) == ("True", "True", "True")
+    assert lines[2].startswith("bad item: seq_id 5 out of range"), lines
+
+
 def test_sampler_options(g):
     out = run(g, """
 toks = m.tokenize('Numbers:')
