@@ -57,6 +57,18 @@ struct decode_item {
     size_t n;
 };
 
+// What a decode came to, kept apart from MicroPython: a decode may run in the decoder thread,
+// where nothing may be raised; decode_raise() turns it into the exception in the caller's thread.
+struct decode_result {
+    bool cpp_failed;            // a C++ exception: message is its text
+    int ret;                    // llama_decode's result when not 0: message is its ERROR line
+    char message[512];
+};
+
+decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n);     // [(seq_id, tokens), ...]
+void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items);   // raises what is wrong
+void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r);  // no MicroPython
+void decode_raise(const decode_result *r);                                   // r as the exception
 void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
 bool decoder_busy(llm_model_obj_t *m);  // a decode_start() has not been ended by decode_done() yet
 void decoder_stop(llm_model_obj_t *m);  // the thread ended (after the decode it runs), its memory freed
