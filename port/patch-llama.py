@@ -179,6 +179,209 @@ Q8_0_WORDS = (
         }
 """)])
 
+# Two columns or more (a batch's tokens: every stream's next token, or a prompt's) went through the
+# Q4_1 dot product one at a time, each block's weights taken apart again for every column. Under
+# TCG what a weight costs is the guest instructions and memory accesses around it (every access is a
+# software TLB lookup, and the registers written since the last one are stored back first), and
+# the float arithmetic per block and column (a helper call each). Here one pass takes four columns:
+# their activations of one position sit in one word (a byte each, plus 128; packed once per chunk
+# of rows), one 32-bit multiply by a weight (0..15) takes two columns in its 16-bit halves (16
+# products of at most 15*255 fit in one), and the 128s come off as 128 times the block's weight sum.
+# The inner loop is written in i386 assembly: in C, GCC kept the nibbles of a block in stack slots
+# (a load and a store each) for want of registers; with seven it needs none. The four columns' float
+# expressions are SSE's packed operations, one helper call for four. Integer sums are exact and
+# packed float operations round each lane as the scalar ones do, in the same order, so every value
+# is bit for bit what ggml_vec_dot_q4_1_q8_1 gives the column alone. Only in the SSE2 builds (i386):
+# builds with AVX keep ggml's own kernels.
+Q4_1_COLUMNS = [(
+    "ggml/src/ggml-cpu/quants.c",
+    [("""void ggml_vec_dot_mxfp4_q8_0_generic(""",
+      """#if defined(__i386__) && defined(__SSE2__) && !defined(__AVX__)
+#include <emmintrin.h>
+
+// cllm (port/patch-llama.py): four columns of Q8_1 activations of one block, packed
+struct cllm_q8_1x4 {
+    uint32_t u[QK8_1];                  // byte c of u[j]: column c's activation j plus 128
+    float d[4] __attribute__((aligned(16)));    // each column's d and s
+    float s[4];
+};
+
+// one weight (the low nibble of qw, which moves on to the next byte) times u[k]: its columns 0 and 2
+// into a02's 16-bit halves; with four columns, 1 and 3 into a13's
+#define CLLM_X2_WEIGHT(k) \\
+    "movl %[qw], %[w]\\n\\tandl $15, %[w]\\n\\tshrl $8, %[qw]\\n\\t" \\
+    "movl (" #k ")*4(%[u]), %[t]\\n\\tandl $0x00FF00FF, %[t]\\n\\timull %[w], %[t]\\n\\taddl %[t], %[a02]\\n\\t"
+#define CLLM_X4_WEIGHT(k) \\
+    "movl %[qw], %[w]\\n\\tandl $15, %[w]\\n\\tshrl $8, %[qw]\\n\\t" \\
+    "movl (" #k ")*4(%[u]), %[t]\\n\\tmovl %[t], %[t2]\\n\\tandl $0x00FF00FF, %[t]\\n\\tshrl $8, %[t2]\\n\\t" \\
+    "andl $0x00FF00FF, %[t2]\\n\\timull %[w], %[t]\\n\\timull %[w], %[t2]\\n\\taddl %[t], %[a02]\\n\\taddl %[t2], %[a13]\\n\\t"
+// the 16 weights of one half of a block: the low nibbles of words q0..q3 (u[0..15]), or with
+// shift "shrl $4, %[qw]" their high ones (u[16..31])
+#define CLLM_WORD(X, i, shift) \\
+    "movl %[q" #i "], %[qw]\\n\\t" shift X(4*i) X(4*i + 1) X(4*i + 2) X(4*i + 3)
+#define CLLM_HALF(X, shift) \\
+    CLLM_WORD(X, 0, shift) CLLM_WORD(X, 1, shift) CLLM_WORD(X, 2, shift) CLLM_WORD(X, 3, shift)
+
+// 128 times the sum of a block's 32 weights: in byte lanes, then 16-bit ones
+static inline int cllm_q4_1_offset(const uint32_t q[4]) {
+    uint32_t ws = 0;
+    for (int i = 0; i < 4; ++i) {
+        ws += (q[i] & 0x0F0F0F0F) + ((q[i] >> 4) & 0x0F0F0F0F);
+    }
+    ws = (ws & 0x00FF00FF) + ((ws >> 8) & 0x00FF00FF);
+    return 128*(int) ((ws & 0xFFFF) + (ws >> 16));
+}
+
+// rows [r0, r1) of a Q4_1 matrix (rows bx bytes apart) times ncols (2..4) Q8_1 columns (by bytes
+// apart), into dst[c*dst_stride + r]. Two columns take bytes 0 and 2 of the packed words and only
+// a02.
+void cllm_mul_mat_q4_1_x4(int n, const void * GGML_RESTRICT vx, size_t bx, int64_t r0, int64_t r1,
+                          const void * GGML_RESTRICT vy, size_t by, int ncols, float * GGML_RESTRICT dst, size_t dst_stride);
+void cllm_mul_mat_q4_1_x4(int n, const void * GGML_RESTRICT vx, size_t bx, int64_t r0, int64_t r1,
+                          const void * GGML_RESTRICT vy, size_t by, int ncols, float * GGML_RESTRICT dst, size_t dst_stride) {
+    enum { PACKED = 32 };   // blocks of the columns packed at a time: 5 KiB of stack
+    struct cllm_q8_1x4 y4[PACKED];
+    const int nb = n / QK8_1;
+    const int two = ncols == 2;
+
+    for (int b0 = 0; b0 < nb; b0 += PACKED) {
+        const int bn = nb - b0 < PACKED ? nb - b0 : PACKED;
+        for (int ib = 0; ib < bn; ++ib) {
+            for (int c = 0; c < 4; ++c) {   // past ncols, column 0 again: zeros would take TCG's slow float path
+                const block_q8_1 * y = (const block_q8_1 *) ((const char *) vy + (c < ncols ? c : 0)*by) + b0 + ib;
+                y4[ib].d[c] = GGML_CPU_FP16_TO_FP32(y->d);
+                y4[ib].s[c] = GGML_CPU_FP16_TO_FP32(y->s);
+            }
+            const int8_t * a[4];    // the columns of bytes 0..3 (two columns: bytes 0 and 2)
+            for (int c = 0; c < 4; ++c) {
+                const int col = two ? (c & 1 ? 0 : c/2) : c < ncols ? c : 0;
+                a[c] = ((const block_q8_1 *) ((const char *) vy + col*by) + b0 + ib)->qs;
+            }
+            for (int j = 0; j < QK8_1; ++j) {   // x ^ 0x80 == x + 128
+                y4[ib].u[j] = ((uint32_t) (uint8_t) a[0][j] | (uint32_t) (uint8_t) a[1][j] << 8 |
+                               (uint32_t) (uint8_t) a[2][j] << 16 | (uint32_t) (uint8_t) a[3][j] << 24) ^ 0x80808080;
+            }
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+            const block_q4_1 * x = (const block_q4_1 *) ((const char *) vx + r*bx) + b0;
+            float acc[4] __attribute__((aligned(16))) = { 0.0f, 0.0f, 0.0f, 0.0f };
+            for (int c = 0; c < ncols && b0 > 0; ++c) {
+                acc[c] = dst[c*dst_stride + r];
+            }
+            if (two) {
+                float sumf0 = acc[0], sumf1 = acc[1];
+                for (int ib = 0; ib < bn; ++ib) {
+                    uint32_t q[4];
+                    memcpy(q, x[ib].qs, sizeof q);
+                    uint32_t lo = 0, hi = 0, qw, w, t;
+                    __asm__ (CLLM_HALF(CLLM_X2_WEIGHT, "")
+                        : [a02] "+r" (lo), [qw] "=&r" (qw), [w] "=&r" (w), [t] "=&r" (t)
+                        : [u] "r" (y4[ib].u), [q0] "m" (q[0]), [q1] "m" (q[1]), [q2] "m" (q[2]), [q3] "m" (q[3])
+                        : "cc");
+                    __asm__ (CLLM_HALF(CLLM_X2_WEIGHT, "shrl $4, %[qw]\\n\\t")
+                        : [a02] "+r" (hi), [qw] "=&r" (qw), [w] "=&r" (w), [t] "=&r" (t)
+                        : [u] "r" (y4[ib].u + 16), [q0] "m" (q[0]), [q1] "m" (q[1]), [q2] "m" (q[2]), [q3] "m" (q[3])
+                        : "cc");
+                    const int offset = cllm_q4_1_offset(q);
+                    const int sumi0 = (int) ((lo & 0xFFFF) + (hi & 0xFFFF)) - offset;
+                    const int sumi1 = (int) ((lo >> 16) + (hi >> 16)) - offset;
+                    // scalar: packed SSE float operations cost every lane's work, used or not
+                    const float xd = GGML_CPU_FP16_TO_FP32(x[ib].d), xm = GGML_CPU_FP16_TO_FP32(x[ib].m);
+                    sumf0 += (xd*y4[ib].d[0])*sumi0 + xm*y4[ib].s[0];
+                    sumf1 += (xd*y4[ib].d[1])*sumi1 + xm*y4[ib].s[1];
+                }
+                acc[0] = sumf0;
+                acc[1] = sumf1;
+            } else {
+                __m128 sumf = _mm_load_ps(acc);
+                for (int ib = 0; ib < bn; ++ib) {
+                    uint32_t q[4];
+                    memcpy(q, x[ib].qs, sizeof q);
+                    uint32_t lo02 = 0, lo13 = 0, hi02 = 0, hi13 = 0, qw, w, t, t2;
+                    __asm__ (CLLM_HALF(CLLM_X4_WEIGHT, "")
+                        : [a02] "+r" (lo02), [a13] "+r" (lo13), [qw] "=&r" (qw), [w] "=&r" (w), [t] "=&r" (t), [t2] "=&r" (t2)
+                        : [u] "r" (y4[ib].u), [q0] "m" (q[0]), [q1] "m" (q[1]), [q2] "m" (q[2]), [q3] "m" (q[3])
+                        : "cc");
+                    __asm__ (CLLM_HALF(CLLM_X4_WEIGHT, "shrl $4, %[qw]\\n\\t")
+                        : [a02] "+r" (hi02), [a13] "+r" (hi13), [qw] "=&r" (qw), [w] "=&r" (w), [t] "=&r" (t), [t2] "=&r" (t2)
+                        : [u] "r" (y4[ib].u + 16), [q0] "m" (q[0]), [q1] "m" (q[1]), [q2] "m" (q[2]), [q3] "m" (q[3])
+                        : "cc");
+                    const int offset = cllm_q4_1_offset(q);
+                    int32_t sumi[4] __attribute__((aligned(16))) = {
+                        (int) ((lo02 & 0xFFFF) + (hi02 & 0xFFFF)) - offset, (int) ((lo13 & 0xFFFF) + (hi13 & 0xFFFF)) - offset,
+                        (int) ((lo02 >> 16) + (hi02 >> 16)) - offset, (int) ((lo13 >> 16) + (hi13 >> 16)) - offset,
+                    };
+                    // sumf += (x.d*y.d)*sumi + x.m*y.s, for each column
+                    const __m128 xd = _mm_set1_ps(GGML_CPU_FP16_TO_FP32(x[ib].d));
+                    const __m128 xm = _mm_set1_ps(GGML_CPU_FP16_TO_FP32(x[ib].m));
+                    const __m128 si = _mm_cvtepi32_ps(_mm_load_si128((const __m128i *) sumi));
+                    sumf = _mm_add_ps(sumf, _mm_add_ps(_mm_mul_ps(_mm_mul_ps(xd, _mm_load_ps(y4[ib].d)), si),
+                                                       _mm_mul_ps(xm, _mm_load_ps(y4[ib].s))));
+                }
+                _mm_store_ps(acc, sumf);
+            }
+            for (int c = 0; c < ncols; ++c) {
+                dst[c*dst_stride + r] = acc[c];
+            }
+        }
+    }
+}
+#endif
+
+void ggml_vec_dot_mxfp4_q8_0_generic(""")]),
+    ("ggml/src/ggml-cpu/ggml-cpu.c",
+     [("""static void ggml_compute_forward_mul_mat_one_chunk(
+""", """// cllm (port/patch-llama.py): quants.c
+void cllm_mul_mat_q4_1_x4(int n, const void * GGML_RESTRICT vx, size_t bx, int64_t r0, int64_t r1,
+                          const void * GGML_RESTRICT vy, size_t by, int ncols, float * GGML_RESTRICT dst, size_t dst_stride);
+
+static void ggml_compute_forward_mul_mat_one_chunk(
+"""),
+      ("""    const void * wdata = (src1->type == vec_dot_type) ? src1->data : params->wdata;
+    const size_t row_size = ggml_row_size(vec_dot_type, ne10);
+
+    assert(ne12 % ne02 == 0);
+""", """    const void * wdata = (src1->type == vec_dot_type) ? src1->data : params->wdata;
+    const size_t row_size = ggml_row_size(vec_dot_type, ne10);
+
+#if defined(__i386__) && defined(__SSE2__) && !defined(__AVX__)
+    // cllm: Q4_1 times two columns or more, up to four at a time
+    if (type == GGML_TYPE_Q4_1 && vec_dot_type == GGML_TYPE_Q8_1 && src1->type != vec_dot_type &&
+        ir1_end - ir1_start >= 2 && ne02 == 1 && ne03 == 1 && ne12 == 1 && ne13 == 1) {
+        for (int64_t ir1 = ir1_start; ir1 < ir1_end; ir1 += 4) {
+            const int ncols = (int) MIN(4, ir1_end - ir1);
+            float * dst_col = (float *) ((char *) dst->data + ir1*nb1);
+            if (ncols == 1) {
+                for (int64_t ir0 = ir0_start; ir0 < ir0_end; ++ir0) {
+                    vec_dot(ne00, &dst_col[ir0], 0, (const char *) src0->data + ir0*nb01, 0,
+                            (const char *) wdata + ir1*row_size, 0, 1);
+                }
+            } else {
+                cllm_mul_mat_q4_1_x4(ne00, src0->data, nb01, ir0_start, ir0_end, (const char *) wdata + ir1*row_size,
+                                     row_size, ncols, dst_col, nb1/sizeof(float));
+            }
+        }
+        return;
+    }
+#endif
+
+    assert(ne12 % ne02 == 0);
+"""),
+      ("""    // We need to step up the size if it's small
+    if (nr0 == 1 || nr1 == 1) {
+        chunk_size = 64;
+    }
+""", """    // We need to step up the size if it's small
+    if (nr0 == 1 || nr1 == 1) {
+        chunk_size = 64;
+    }
+#if defined(__i386__) && defined(__SSE2__) && !defined(__AVX__)
+    if (src0->type == GGML_TYPE_Q4_1) {
+        chunk_size = 64;    // cllm: cllm_mul_mat_q4_1_x4 packs its columns once a chunk
+    }
+#endif
+""")])]
+
 # SwiGLU (the feed-forward's gate) split its rows between the threads: for one token, one row, so
 # thread 0 computed all of it while the others waited. With fewer rows than threads, split each row's
 # columns instead (each value is computed alone either way).
@@ -249,7 +452,7 @@ EVEN_CHUNKS = (
     }
 """)])
 
-EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS, Q8_0_WORDS]
+EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS, Q8_0_WORDS, *Q4_1_COLUMNS]
 
 
 def main(src):

@@ -157,6 +157,48 @@ static void matrix_times_vector(int rows) {
     ggml_free(ctx);
 }
 
+// a Q4_1 matrix times several columns (port/patch-llama.py: up to four at a time, packed): the same
+// with any thread count, and every value the reference dot product of its row and column, bit for
+// bit; every other column at the extremes of int8 (and of the 16-bit lanes the kernel sums in)
+static void matrix_times_columns(int rows, int n, int cols) {
+    struct ggml_context * ctx = new_context();
+    struct ggml_tensor * wf = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, rows);
+    struct ggml_tensor * w  = ggml_new_tensor_2d(ctx, GGML_TYPE_Q4_1, n, rows);
+    struct ggml_tensor * v  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, cols);
+    fill(wf, 1.0f);
+    for (int c = 0; c < cols; c++) {
+        float * a = (float *) v->data + c * n;
+        for (int i = 0; i < n; i++) {
+            a[i] = c % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
+        }
+    }
+    ggml_quantize_chunk(GGML_TYPE_Q4_1, wf->data, w->data, 0, rows, n, NULL);
+    struct ggml_tensor * out = ggml_mul_mat(ctx, w, v);
+    int same = 1;
+    float * one = compute(ctx, out, 1);
+    for (int nth = 2; nth <= 3; nth++) {
+        memset(out->data, 0xff, ggml_nbytes(out));
+        float * many = compute(ctx, out, nth);
+        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
+        free(many);
+    }
+    q8_1_block * y = malloc(ggml_row_size(GGML_TYPE_Q8_1, n));
+    int right = 0;
+    for (int c = 0; c < cols; c++) {
+        ggml_get_type_traits_cpu(GGML_TYPE_Q8_1)->from_float((float *) v->data + c * n, y, n);
+        for (int r = 0; r < rows; r++) {
+            right += one[c * rows + r] == q4_1_dot_reference(n, (const q4_1_block *) w->data + r * (n / 32), y);
+        }
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%d-row Q4_1 matrix of %d times %d columns: 2 and 3 threads equal 1 thread, and every "
+             "value the reference dot product (%d of %d)", rows, n, cols, right, rows * cols);
+    check(same && right == rows * cols, what, 0);
+    free(y);
+    free(one);
+    ggml_free(ctx);
+}
+
 // SwiGLU of one row (split by columns between threads) and of several rows
 static void swiglu(int n, int rows) {
     struct ggml_context * ctx = new_context();
@@ -271,6 +313,11 @@ int main(void) {
     matrix_times_vector(576);       // 9 chunks of 64 rows upstream
     matrix_times_vector(1000);
     matrix_times_vector(49);
+    matrix_times_columns(100, 576, 2);
+    matrix_times_columns(100, 576, 3);
+    matrix_times_columns(200, 1536, 4);
+    matrix_times_columns(70, 2080, 5);     // 65 blocks: more than the 32 packed at a time
+    matrix_times_columns(130, 576, 8);
     swiglu(1536, 1);
     swiglu(1537, 1);
     swiglu(1536, 3);
