@@ -32,14 +32,15 @@ BASELINE = os.environ.get("BENCH_BASELINE")
 N_CTX, SLOTS = 2048, 4
 
 
-def servers():
+def servers(smp=SMP, peers=PEERS, **machine):
+    """name: boot() of each server with SLOTS slots at smp CPUs (machine: more of qemu_command's options)."""
     cllm = f"n_ctx={N_CTX} parallel={SLOTS}"
-    peer = f"console=ttyS0 quiet -- -c {N_CTX} -np {SLOTS} -t {SMP} -tb {SMP}"
-    out = {"cllm": lambda: Machine(KERNEL, MODEL, cllm, smp=SMP)}
+    peer = f"console=ttyS0 quiet -- -c {N_CTX} -np {SLOTS} -t {smp} -tb {smp}"
+    out = {"cllm": lambda: Machine(KERNEL, MODEL, cllm, smp=smp, **machine)}
     if BASELINE:
-        out["cllm-baseline"] = lambda: Machine(BASELINE, MODEL, cllm, smp=SMP)
-    for p in PEERS:
-        out["peer-" + p] = lambda p=p: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), peer, smp=SMP)
+        out["cllm-baseline"] = lambda: Machine(BASELINE, MODEL, cllm, smp=smp, **machine)
+    for p in peers:
+        out["peer-" + p] = lambda p=p: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), peer, smp=smp, **machine)
     return out
 
 

@@ -5,7 +5,9 @@ the real System.map in a -dbg package). A sample taken while the CPU sits in `hl
 spent waiting for QEMU's network or timers, not computing. Each sample stops the vCPU briefly: use the
 shares, not the rates. With SMP CPUs, every CPU is sampled each time and shown on its own.
 
-    python bench/profile.py cllm|peer-same|peer-stock health|completion [SMP]     (after `make bench`)
+    python bench/profile.py cllm|peer-same|peer-stock health|completion|batch [SMP]     (after `make bench`)
+
+batch: 4 slots and 4 streams at once (bench/batching.py's workload), sampled while they run.
 """
 import bisect
 import collections
@@ -16,6 +18,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import batching  # noqa: E402
 import compare  # noqa: E402
 from qemu import Monitor, kernel_symbols  # noqa: E402
 
@@ -34,7 +37,11 @@ def main():
     syms = symbols(server)
     starts = [a for a, _ in syms]
     path = f"/tmp/cllm-profile-{os.getpid()}.sock"
-    m = compare.SERVERS[server][0](smp, monitor=f"unix:{path},server=on,wait=off")
+    monitor = f"unix:{path},server=on,wait=off"
+    if work == "batch":
+        m = batching.servers(smp, peers=["same", "stock"], monitor=monitor)[server]()
+    else:
+        m = compare.SERVERS[server][0](smp, monitor=monitor)
     samples, done = [collections.Counter() for _ in range(smp)], threading.Event()
     try:
         print(f"{server}: /health 200 after {m.wait_ready():.1f} s", flush=True)
@@ -49,9 +56,12 @@ def main():
                     samples[cpu]["(halted)" if b"HLT=1" in regs else syms[i][1] if i >= 0 else "?"] += 1
                 time.sleep(0.002)
 
+        if work == "batch":
+            batching.concurrent(m, 1)       # the first decode after boot pays for page faults
         sampler = threading.Thread(target=sample)
         sampler.start()
-        result = compare.health_rate(m) if work == "health" else compare.completion(m)
+        result = {"health": compare.health_rate, "completion": compare.completion,
+                  "batch": lambda m: batching.concurrent(m, batching.SLOTS)}[work](m)
         done.set()
         sampler.join()
         print({k: v for k, v in result.items() if k != "text"})

@@ -180,19 +180,20 @@ Q8_0_WORDS = (
 """)])
 
 # Two columns or more (a batch's tokens: every stream's next token, or a prompt's) went through the
-# Q4_1 dot product one at a time, each block's weights taken apart again for every column. Under
-# TCG what a weight costs is the guest instructions and memory accesses around it (every access is a
-# software TLB lookup, and the registers written since the last one are stored back first), and
-# the float arithmetic per block and column (a helper call each). Here one pass takes four columns:
-# their activations of one position sit in one word (a byte each, plus 128; packed once per chunk
-# of rows), one 32-bit multiply by a weight (0..15) takes two columns in its 16-bit halves (16
-# products of at most 15*255 fit in one), and the 128s come off as 128 times the block's weight sum.
-# The inner loop is written in i386 assembly: in C, GCC kept the nibbles of a block in stack slots
-# (a load and a store each) for want of registers; with seven it needs none. The four columns' float
-# expressions are SSE's packed operations, one helper call for four. Integer sums are exact and
-# packed float operations round each lane as the scalar ones do, in the same order, so every value
-# is bit for bit what ggml_vec_dot_q4_1_q8_1 gives the column alone. Only in the SSE2 builds (i386):
-# builds with AVX keep ggml's own kernels.
+# Q4_1 dot product one at a time, each block's weights loaded and taken apart again for every column.
+# Under TCG what costs is guest memory accesses (each a software TLB lookup, with the registers
+# written since the last one stored back first) and float operations (softfloat, per lane); register
+# arithmetic is cheap. Here one pass takes four columns: their activations of one position sit in one
+# word (a byte each, plus 128; packed once per chunk of rows, which for Q4_1 are 64 rows, not 16), one
+# 32-bit multiply by a weight (0..15) takes two columns in its 16-bit halves (16 products of at most
+# 15*255 fit in one), and the 128s come off as 128 times the block's weight sum. The inner loop is
+# i386 assembly: in C, GCC kept a block's nibbles in stack slots (a store and a load each) for want
+# of registers; in seven it needs none. The four float expressions run as SSE packed operations;
+# two columns use two byte lanes, half the multiplies and scalar floats. Integer sums are exact and
+# packed float operations round each lane as the scalar ones do, in the same order, so every value is
+# bit for bit what ggml_vec_dot_q4_1_q8_1 gives the column alone: a stream's tokens do not depend on
+# what it is batched with. `make bench-matmul`: per column 1.2x cheaper at two columns, 1.3x at three,
+# 1.7x at four or more. Only in the SSE2 builds (i386); builds with AVX keep ggml's own kernels.
 Q4_1_COLUMNS = [(
     "ggml/src/ggml-cpu/quants.c",
     [("""void ggml_vec_dot_mxfp4_q8_0_generic(""",

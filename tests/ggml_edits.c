@@ -54,6 +54,19 @@ static float * compute(struct ggml_context * ctx, struct ggml_tensor * dst, int 
     return out;
 }
 
+// dst computed with 1 thread (returned, malloc'd); *same: 2 and 3 threads give the same bytes
+static float * compute_alike(struct ggml_context * ctx, struct ggml_tensor * dst, int * same) {
+    float * one = compute(ctx, dst, 1);
+    *same = 1;
+    for (int nth = 2; nth <= 3; nth++) {
+        memset(dst->data, 0xff, ggml_nbytes(dst));      // NaN: a row no thread computed shows
+        float * many = compute(ctx, dst, nth);
+        *same &= memcmp(one, many, ggml_nbytes(dst)) == 0;
+        free(many);
+    }
+    return one;
+}
+
 // the Q4_1, Q8_1 and Q8_0 blocks, as in ggml-common.h (sizes checked against ggml_type_size in main)
 typedef struct { ggml_fp16_t d, m; uint8_t qs[16]; } q4_1_block;
 typedef struct { ggml_fp16_t d, s; int8_t qs[32]; } q8_1_block;
@@ -135,14 +148,8 @@ static void matrix_times_vector(int rows) {
     fill(v, 1.0f);
     ggml_quantize_chunk(GGML_TYPE_Q4_1, wf->data, w->data, 0, rows, N, NULL);
     struct ggml_tensor * out = ggml_mul_mat(ctx, w, v);
-    int same = 1;
-    float * one = compute(ctx, out, 1);
-    for (int nth = 2; nth <= 3; nth++) {
-        memset(out->data, 0xff, ggml_nbytes(out));      // NaN: a row no thread computed shows
-        float * many = compute(ctx, out, nth);
-        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
-        free(many);
-    }
+    int same;
+    float * one = compute_alike(ctx, out, &same);
     static q8_1_block y[N / 32];
     ggml_get_type_traits_cpu(GGML_TYPE_Q8_1)->from_float(v->data, y, N);
     int rows_right = 0;
@@ -174,14 +181,8 @@ static void matrix_times_columns(int rows, int n, int cols) {
     }
     ggml_quantize_chunk(GGML_TYPE_Q4_1, wf->data, w->data, 0, rows, n, NULL);
     struct ggml_tensor * out = ggml_mul_mat(ctx, w, v);
-    int same = 1;
-    float * one = compute(ctx, out, 1);
-    for (int nth = 2; nth <= 3; nth++) {
-        memset(out->data, 0xff, ggml_nbytes(out));
-        float * many = compute(ctx, out, nth);
-        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
-        free(many);
-    }
+    int same;
+    float * one = compute_alike(ctx, out, &same);
     q8_1_block * y = malloc(ggml_row_size(GGML_TYPE_Q8_1, n));
     int right = 0;
     for (int c = 0; c < cols; c++) {
@@ -208,14 +209,8 @@ static void swiglu(int n, int rows) {
     fill(g, 1.0f);
     struct ggml_tensor * out = ggml_swiglu_split(ctx, x, g);
     double worst = 0;
-    int same = 1;
-    float * one = compute(ctx, out, 1);
-    for (int nth = 2; nth <= 3; nth++) {
-        memset(out->data, 0xff, ggml_nbytes(out));
-        float * many = compute(ctx, out, nth);
-        same &= memcmp(one, many, ggml_nbytes(out)) == 0;
-        free(many);
-    }
+    int same;
+    float * one = compute_alike(ctx, out, &same);
     for (int i = 0; i < n * rows; i++) {
         const double xi = ((float *) x->data)[i], gi = ((float *) g->data)[i];
         worst = fmax(worst, fabs(one[i] - xi / (1 + exp(-xi)) * gi));

@@ -342,7 +342,9 @@ class Engine:
         if not generating or not prefilling:
             return 1 << 30
         gen, prompt = self.ms_per_token
-        ratio = gen / prompt if gen and prompt else 1.0
+        # a prompt token costs less than a generated one only in steps of many tokens (ggml's batch
+        # kernels take several columns at once); added to a small step, it costs about as much
+        ratio = min(1.0, gen / prompt) if gen and prompt else 1.0
         return max(1, int((self.PREFILL_STRETCH - 1) * generating * ratio / prefilling))
 
     def measured(self, ms, items, busy):
