@@ -6,9 +6,9 @@ For each server and boot: one greedy stream of BENCH_GEN tokens alone, then 4 at
 Generated tok/s is counted while every stream generates: the tokens that arrive between the last
 stream's first token and the first stream's end, over that time (so prompts, read at a different
 speed, do not count). With 8 clients it is every generated token over the whole run's time. Time to
-first token is per client, from its request. Each server boots
-BENCH_RUNS times: the table shows medians, and the single-stream figure of every boot shows the spread
-between boots. Raw numbers go to build/bench/batching.json.
+first token is per client, from its request. Each server boots BENCH_RUNS times: the table shows
+medians, and the single-stream figure of every boot shows the spread between boots. Raw numbers go to
+build/bench/batching.json.
 
     make bench-batching         (BENCH_RUNS=2 BENCH_GEN=48 BENCH_SMP (make's SMP)=2 BENCH_PEERS=same;
                                  BENCH_BASELINE=path/to/an/older/cllm.elf adds it as a third server)
