@@ -22,6 +22,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from qemu import Guest, free_port  # noqa: E402
+from test_responsive import health_ms  # noqa: E402
 
 MODEL = os.path.join(ROOT, "build", "deps", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 SERVER = os.environ.get("LLAMA_SERVER", os.path.join(ROOT, "build", "llama", "peer-same", "bin", "llama-server"))
@@ -58,14 +59,7 @@ def health_rate(port):
     lat = []
     t0 = time.monotonic()
     for _ in range(N_HEALTH):
-        t = time.monotonic()
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        c.request("GET", "/health")
-        r = c.getresponse()
-        r.read()
-        c.close()
-        assert r.status == 200, r.status
-        lat.append((time.monotonic() - t) * 1000)
+        lat.append(health_ms(port))
     took = time.monotonic() - t0
     lat.sort()
     return N_HEALTH / took, lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]

@@ -13,7 +13,6 @@ build/bench/batching.json.
     make bench-batching         (BENCH_RUNS=2 BENCH_GEN=48 BENCH_SMP (make's SMP)=2 BENCH_PEERS=same;
                                  BENCH_BASELINE=path/to/an/older/cllm.elf adds it as a third server)
 """
-import http.client
 import json
 import os
 import statistics
@@ -22,7 +21,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import KERNEL, MODEL, OUT, PEER_INITRAMFS, PEER_KERNEL, PROMPT, Machine, machine  # noqa: E402
+from compare import (KERNEL, MODEL, OUT, PEER_INITRAMFS, PEER_KERNEL, PROMPT, Machine, machine,  # noqa: E402
+                     stream_events)
 
 RUNS = int(os.environ.get("BENCH_RUNS", 2))
 N_GEN = int(os.environ.get("BENCH_GEN", 48))
@@ -47,23 +47,9 @@ def servers(smp=SMP, peers=PEERS, **machine):
 def stream(m, i, out):
     """One streamed greedy completion of client i's prompt: (request time, each token's time)."""
     body = {"prompt": f"Reader {i} wrote: " + PROMPT[:60], "n_predict": N_GEN, "temperature": 0,
-            "stream": True, "ignore_eos": True, "cache_prompt": False}
-    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=3600)
+            "ignore_eos": True, "cache_prompt": False}
     t0 = time.monotonic()
-    conn.request("POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200, (resp.status, resp.read())
-    times = []
-    for line in resp:
-        if not line.startswith(b"data: "):
-            continue
-        event = json.loads(line[6:])
-        if event.get("content"):
-            times.append(time.monotonic())
-        if event.get("stop"):
-            break
-    conn.close()
-    out[i] = (t0, times)
+    out[i] = (t0, [arrived for arrived, event in stream_events(m.port, body) if event.get("content")])
 
 
 def concurrent(m, n):

@@ -144,28 +144,35 @@ def health_rate(m):
             "health_p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
 
 
+def stream_events(port, body):
+    """A streamed /completion of body: (arrival time, event) for each Server-Sent Event, to the last."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    try:
+        conn.request("POST", "/completion", body=json.dumps(dict(body, stream=True)),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200, (resp.status, resp.read())
+        for line in resp:
+            if line.startswith(b"data: "):
+                event = json.loads(line[6:])
+                yield time.monotonic(), event
+                if event.get("stop"):
+                    return
+    finally:
+        conn.close()
+
+
 def completion(m):
     """One streamed greedy completion of the ~200-token prompt: time to the first token, and both
     servers' own `timings` for prompt and generation speed."""
-    body = {"prompt": PROMPT, "n_predict": N_GEN, "temperature": 0, "stream": True, "ignore_eos": True,
-            "cache_prompt": False}
-    conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=3600)
-    t0 = time.monotonic()
-    conn.request("POST", "/completion", body=json.dumps(body), headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200, (resp.status, resp.read())
+    body = {"prompt": PROMPT, "n_predict": N_GEN, "temperature": 0, "ignore_eos": True, "cache_prompt": False}
     ttft, last, text = None, None, ""
-    for line in resp:
-        if not line.startswith(b"data: "):
-            continue
-        event = json.loads(line[6:])
+    t0 = time.monotonic()
+    for arrived, event in stream_events(m.port, body):
         if ttft is None and event.get("content"):
-            ttft = time.monotonic() - t0
+            ttft = arrived - t0
         text += event.get("content", "")
         last = event
-        if event.get("stop"):
-            break
-    conn.close()
     t = last["timings"]
     assert ttft is not None, f"no token generated: {last}"
     return {"ttft_s": ttft, "prompt_tps": t["prompt_per_second"], "gen_tps": t["predicted_per_second"],
