@@ -248,15 +248,15 @@ void cllm_mul_mat_q4_1_x4(int n, const void * GGML_RESTRICT vx, size_t bx, int64
     for (int b0 = 0; b0 < nb; b0 += PACKED) {
         const int bn = nb - b0 < PACKED ? nb - b0 : PACKED;
         for (int ib = 0; ib < bn; ++ib) {
-            for (int c = 0; c < 4; ++c) {   // past ncols, column 0 again: zeros would take TCG's slow float path
-                const block_q8_1 * y = (const block_q8_1 *) ((const char *) vy + (c < ncols ? c : 0)*by) + b0 + ib;
-                y4[ib].d[c] = GGML_CPU_FP16_TO_FP32(y->d);
-                y4[ib].s[c] = GGML_CPU_FP16_TO_FP32(y->s);
+            const block_q8_1 * y[4];    // past ncols, column 0 again: zeros would take TCG's slow float path
+            for (int c = 0; c < 4; ++c) {
+                y[c] = (const block_q8_1 *) ((const char *) vy + (c < ncols ? c : 0)*by) + b0 + ib;
+                y4[ib].d[c] = GGML_CPU_FP16_TO_FP32(y[c]->d);
+                y4[ib].s[c] = GGML_CPU_FP16_TO_FP32(y[c]->s);
             }
             const int8_t * a[4];    // the columns of bytes 0..3 (two columns: bytes 0 and 2)
             for (int c = 0; c < 4; ++c) {
-                const int col = two ? (c & 1 ? 0 : c/2) : c < ncols ? c : 0;
-                a[c] = ((const block_q8_1 *) ((const char *) vy + col*by) + b0 + ib)->qs;
+                a[c] = y[two ? (c & 1 ? 0 : c/2) : c]->qs;
             }
             for (int j = 0; j < QK8_1; ++j) {   // x ^ 0x80 == x + 128
                 y4[ib].u[j] = ((uint32_t) (uint8_t) a[0][j] | (uint32_t) (uint8_t) a[1][j] << 8 |
