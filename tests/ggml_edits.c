@@ -164,13 +164,14 @@ static void matrix_times_vector(int rows) {
     ggml_free(ctx);
 }
 
-// a Q4_1 matrix times several columns (port/patch-llama.py: up to four at a time, packed): the same
-// with any thread count, and every value the reference dot product of its row and column, bit for
-// bit; every other column at the extremes of int8 (and of the 16-bit lanes the kernel sums in)
-static void matrix_times_columns(int rows, int n, int cols) {
+// a Q4_1 or Q8_0 matrix times several columns (port/patch-llama.py: Q4_1 up to four at a time,
+// packed; Q8_0 four at a time): the same with any thread count, and every value the reference dot
+// product of its row and column, bit for bit; every other column at the extremes of int8 (and of the
+// 16-bit lanes the Q4_1 kernel sums in)
+static void matrix_times_columns(enum ggml_type type, int rows, int n, int cols) {
     struct ggml_context * ctx = new_context();
     struct ggml_tensor * wf = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, rows);
-    struct ggml_tensor * w  = ggml_new_tensor_2d(ctx, GGML_TYPE_Q4_1, n, rows);
+    struct ggml_tensor * w  = ggml_new_tensor_2d(ctx, type, n, rows);
     struct ggml_tensor * v  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, cols);
     fill(wf, 1.0f);
     for (int c = 0; c < cols; c++) {
@@ -179,21 +180,23 @@ static void matrix_times_columns(int rows, int n, int cols) {
             a[i] = c % 2 ? (rand() % 2 ? 1.0f : -1.0f) * (i % 7 ? 1.0f : 0.01f) : frand();
         }
     }
-    ggml_quantize_chunk(GGML_TYPE_Q4_1, wf->data, w->data, 0, rows, n, NULL);
+    ggml_quantize_chunk(type, wf->data, w->data, 0, rows, n, NULL);
     struct ggml_tensor * out = ggml_mul_mat(ctx, w, v);
     int same;
     float * one = compute_alike(ctx, out, &same);
-    q8_1_block * y = malloc(ggml_row_size(GGML_TYPE_Q8_1, n));
+    const enum ggml_type activations = ggml_get_type_traits_cpu(type)->vec_dot_type;
+    float (*reference)(int, const void *, const void *) = type == GGML_TYPE_Q4_1 ? q4_1_dot_reference : q8_0_dot_reference;
+    void * y = malloc(ggml_row_size(activations, n));
     int right = 0;
     for (int c = 0; c < cols; c++) {
-        ggml_get_type_traits_cpu(GGML_TYPE_Q8_1)->from_float((float *) v->data + c * n, y, n);
+        ggml_get_type_traits_cpu(activations)->from_float((float *) v->data + c * n, y, n);
         for (int r = 0; r < rows; r++) {
-            right += one[c * rows + r] == q4_1_dot_reference(n, (const q4_1_block *) w->data + r * (n / 32), y);
+            right += one[c * rows + r] == reference(n, (const char *) w->data + r * ggml_row_size(type, n), y);
         }
     }
     char what[160];
-    snprintf(what, sizeof what, "%d-row Q4_1 matrix of %d times %d columns: 2 and 3 threads equal 1 thread, and every "
-             "value the reference dot product (%d of %d)", rows, n, cols, right, rows * cols);
+    snprintf(what, sizeof what, "%d-row %s matrix of %d times %d columns: 2 and 3 threads equal 1 thread, and every "
+             "value the reference dot product (%d of %d)", rows, ggml_type_name(type), n, cols, right, rows * cols);
     check(same && right == rows * cols, what, 0);
     free(y);
     free(one);
@@ -308,11 +311,14 @@ int main(void) {
     matrix_times_vector(576);       // 9 chunks of 64 rows upstream
     matrix_times_vector(1000);
     matrix_times_vector(49);
-    matrix_times_columns(100, 576, 2);
-    matrix_times_columns(100, 576, 3);
-    matrix_times_columns(200, 1536, 4);
-    matrix_times_columns(70, 2080, 5);     // 65 blocks: more than the 32 packed at a time
-    matrix_times_columns(130, 576, 8);
+    matrix_times_columns(GGML_TYPE_Q4_1, 100, 576, 2);
+    matrix_times_columns(GGML_TYPE_Q4_1, 100, 576, 3);
+    matrix_times_columns(GGML_TYPE_Q4_1, 200, 1536, 4);
+    matrix_times_columns(GGML_TYPE_Q4_1, 70, 2080, 5);     // 65 blocks: more than the 32 packed at a time
+    matrix_times_columns(GGML_TYPE_Q4_1, 130, 576, 8);
+    matrix_times_columns(GGML_TYPE_Q8_0, 300, 576, 4);
+    matrix_times_columns(GGML_TYPE_Q8_0, 70, 2080, 6);     // four at a time, then two alone
+    matrix_times_columns(GGML_TYPE_Q8_0, 130, 576, 8);
     swiglu(1536, 1);
     swiglu(1537, 1);
     swiglu(1536, 3);

@@ -11,9 +11,10 @@ GGML = os.path.join(ROOT, "build", "llama", "sse2", "ggml", "src")
 INCLUDE = os.path.join(ROOT, "build", "deps", "llama-cpp-python", "vendor", "llama.cpp", "ggml", "include")
 # the checks tests/ggml_edits.c makes, in its order
 CHECKS = ["q4_1 dot product", "q8_0 dot product", "576-row Q4_1 matrix", "1000-row Q4_1 matrix", "49-row Q4_1 matrix",
-          "100-row Q4_1 matrix of 576 times 2", "100-row Q4_1 matrix of 576 times 3",
-          "200-row Q4_1 matrix of 1536 times 4", "70-row Q4_1 matrix of 2080 times 5",
-          "130-row Q4_1 matrix of 576 times 8",
+          "100-row q4_1 matrix of 576 times 2", "100-row q4_1 matrix of 576 times 3",
+          "200-row q4_1 matrix of 1536 times 4", "70-row q4_1 matrix of 2080 times 5",
+          "130-row q4_1 matrix of 576 times 8", "300-row q8_0 matrix of 576 times 4",
+          "70-row q8_0 matrix of 2080 times 6", "130-row q8_0 matrix of 576 times 8",
           "SwiGLU of 1 row(s) of 1536", "SwiGLU of 1 row(s) of 1537", "SwiGLU of 3 row(s) of 1536",
           "flash attention, one query, 200 of 256", "flash attention, one query, 300 of 512",
           "flash attention, one query, 1000 of 1024"]
