@@ -20,11 +20,28 @@ DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 # host thread of its own (multi-threaded TCG) when there are several; the e1000 on a user-mode
 # network that reaches nothing but the forwarded port, and isa-debug-exit so that the kernel's
 # exit status (and a panic) ends QEMU with status (code << 1) | 1.
+# HTTPS (`make run TLS=1`, or TLS_CERT=... TLS_KEY=...): the pair goes as two more boot modules,
+# named on the command line, and the guest's port 443 to 127.0.0.1:TLS_PORT. TLS=1 without files
+# makes a self-signed test pair (EC P-256, for localhost and 127.0.0.1) in $(BUILD)/tls.
+TLS      ?=
+TLS_CERT ?=
+TLS_KEY  ?=
+TLS_PORT ?= 8443
+TEST_CERT := $(BUILD)/tls/cert.pem
+TEST_KEY  := $(BUILD)/tls/key.pem
+TLS_ON    = $(if $(TLS_CERT)$(TLS_KEY)$(filter 1,$(TLS)),1)
+TLS_PAIR  = $(if $(TLS_ON),$(or $(TLS_CERT),$(TEST_CERT)) $(or $(TLS_KEY),$(TEST_KEY)))
+TLS_DEP   = $(if $(TLS_ON),$(if $(TLS_CERT)$(TLS_KEY),,$(TEST_CERT)))
+TLS_ARGS  = $(if $(TLS_ON),tls_cert=/$(notdir $(word 1,$(TLS_PAIR))) tls_key=/$(notdir $(word 2,$(TLS_PAIR))))
+TLS_HINT  = $(if $(TLS_ON),; https://127.0.0.1:$(TLS_PORT)/ -> guest :443$(if $(TLS_DEP), (trust it: curl --cacert $(TEST_CERT), SSL_CERT_FILE=$(TEST_CERT))))
+
 QEMU_ACCEL = $(if $(filter 1,$(SMP)),-accel tcg,-accel tcg$(comma)thread=multi -smp $(SMP))
 QEMU_MACHINE = -machine pc $(QEMU_ACCEL) -cpu $(CPU) -m $(MEM) -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 \
-	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80 -device e1000,netdev=net0
-QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(MODEL)" -append "$(APPEND)"
+	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80$(if $(TLS_ON),$(comma)hostfwd=tcp:127.0.0.1:$(TLS_PORT)-:443) \
+	-device e1000,netdev=net0
+QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(subst $(space),$(comma),$(strip $(MODEL) $(TLS_PAIR)))" \
+	-append "$(strip $(TLS_ARGS) $(if $(TLS_ON),https_port=$(TLS_PORT)) $(APPEND))"
 
 # `make image`: the kernel command line baked into the image, from these and APPEND; an appliance
 # reboots after a panic unless APPEND says otherwise (panic=halt).
@@ -33,7 +50,7 @@ N_CTX    ?=
 PARALLEL ?=
 API_KEY  ?=
 IMAGE_CMDLINE = $(strip $(if $(N_CTX),n_ctx=$(N_CTX)) $(if $(PARALLEL),parallel=$(PARALLEL)) \
-	$(if $(API_KEY),api_key=$(API_KEY)) $(APPEND) $(if $(findstring panic=,$(APPEND)),,panic=reboot))
+	$(if $(API_KEY),api_key=$(API_KEY)) $(TLS_ARGS) $(APPEND) $(if $(findstring panic=,$(APPEND)),,panic=reboot))
 # Serial console on this terminal, multiplexed with the QEMU monitor: Ctrl-A x quits,
 # Ctrl-A c switches to the monitor; Ctrl-C goes to the guest. CONSOLE=pty: the serial console on a
 # pty of its own for host tools (QEMU prints its /dev/pts/N), the monitor here ("quit" ends QEMU).
@@ -105,6 +122,7 @@ $(DEPS)/%/.stamp: deps/lock deps/fetch.sh | $(BUILD)/.sysdeps
 MODEL_DEP = $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEPS)/smollm2/.stamp)
 CHECK_MODEL = for m in $(subst $(comma), ,$(MODEL)); do test -f "$$m" || { echo "run: MODEL file $$m does not exist"; exit 1; }; done
 comma := ,
+space := $(subst ,, )
 
 setup: $(BUILD)/.sysdeps $(VENV)/.stamp
 	@DEPS_DIR=$(abspath $(DEPS)) deps/fetch.sh --all
@@ -121,7 +139,8 @@ $(LLAMA_BUILD)/.stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD)
 	@touch $@
 
-kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(DEPS)/microdot/.stamp $(LLAMA_BUILD)/.stamp
+kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(DEPS)/mbedtls/.stamp $(DEPS)/microdot/.stamp \
+		$(LLAMA_BUILD)/.stamp
 	@$(MAKE) --no-print-directory -j$(JOBS) -f port/port.mk MPY_TOP=$(abspath $(DEPS)/micropython) \
 		ULAB_TOP=$(abspath $(DEPS)/ulab) LLAMA_SRC=$(abspath $(LLAMA_SRC)) LLAMA_BUILD=$(abspath $(LLAMA_BUILD)) \
 		PORT_BUILD=$(abspath $(BUILD)/port)
@@ -129,23 +148,30 @@ kernel: $(DEPS)/micropython/.stamp $(DEPS)/ulab/.stamp $(DEPS)/lwip/.stamp $(DEP
 $(KERNEL): kernel
 
 # --- running ------------------------------------------------------------------------------
-run: kernel $(MODEL_DEP)
+run: kernel $(MODEL_DEP) $(TLS_DEP)
 	@$(CHECK_MODEL)
-	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80; $(QUIT_HINT)"
+	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80$(TLS_HINT); $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE)
 
-run-debug: kernel $(MODEL_DEP)
+run-debug: kernel $(MODEL_DEP) $(TLS_DEP)
 	@$(CHECK_MODEL)
 	@echo "QEMU waits for gdb: gdb $(KERNEL) -ex 'target remote :1234'"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE) -s -S
 
 # --- the appliance image ------------------------------------------------------------------
-image: kernel $(MODEL_DEP)
+image: kernel $(MODEL_DEP) $(TLS_DEP)
 	@$(CHECK_MODEL)
-	@port/mkimage.sh $(KERNEL) "$(MODEL)" $(IMAGE) "$(IMAGE_CMDLINE)"
+	@port/mkimage.sh $(KERNEL) "$(MODEL)" $(IMAGE) "$(IMAGE_CMDLINE)" $(TLS_PAIR)
+
+# the self-signed test pair of TLS=1 (openssl from the host: deps/sysdeps.sh)
+$(TEST_CERT): | $(BUILD)/.sysdeps
+	@mkdir -p $(@D)
+	@openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 -subj /CN=localhost \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout $(TEST_KEY) -out $(TEST_CERT) 2>/dev/null
+	@echo "tls: self-signed test pair $(TEST_CERT), $(TEST_KEY); trust it with curl --cacert $(TEST_CERT), SSL_CERT_FILE=$(TEST_CERT)"
 
 run-image: image
-	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80; $(QUIT_HINT)"
+	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80$(TLS_HINT); $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_MACHINE) -cdrom $(IMAGE) $(QEMU_CONSOLE)
 
 # --- the Linux-guest peer that `make bench` compares with ---------------------------------

@@ -168,6 +168,13 @@ int pic_is_spurious(int irq);
 // seeded from the TSC and the clock, not for cryptography.
 uint64_t kernel_random(void);
 
+// entropy.c: bytes for cryptographic seeds (the TLS random generator): RDSEED, else RDRAND, else
+// timer jitter and the RTC; the source is chosen by CPUID (and a test read) on the first call.
+enum entropy_source { ENTROPY_UNKNOWN, ENTROPY_RDSEED, ENTROPY_RDRAND, ENTROPY_JITTER };
+enum entropy_source kernel_entropy_source(void);
+const char *kernel_entropy_name(void);
+size_t kernel_entropy(uint8_t *out, size_t len);
+
 // smp.c (struct cpu in smp.h): find and start the other CPUs; needs a running clock. Each
 // started CPU sets itself up and then runs idle (which never returns).
 void smp_init(void (*idle)(void));

@@ -2,14 +2,17 @@
 # One bootable BIOS image: GRUB (Debian's grub-pc-bin, via grub-mkrescue + xorriso) loading the
 # kernel with its command line and the model as a Multiboot module. The result is a hybrid ISO:
 # it boots as a CD (qemu -cdrom) and as a disk written raw to a USB stick (qemu -hda).
-#   port/mkimage.sh KERNEL MODEL OUT [CMDLINE]
+#   port/mkimage.sh KERNEL MODEL OUT [CMDLINE [MODULE...]]
 # The kernel goes in gzip-compressed (GRUB's multiboot loader unpacks it); the model goes in
-# as it is, since the kernel maps its pages in place.
+# as it is, since the kernel maps its pages in place. Each further MODULE (a TLS certificate and
+# key) is a boot module of its own, /its-name, as the model is.
 set -euo pipefail
 
-[[ $# -ge 3 ]] || { echo "usage: $0 KERNEL MODEL OUT [CMDLINE]" >&2; exit 2; }
+[[ $# -ge 3 ]] || { echo "usage: $0 KERNEL MODEL OUT [CMDLINE [MODULE...]]" >&2; exit 2; }
 kernel=$1 model=$2 out=$3 cmdline=${4:-}
-for f in "$kernel" "$model"; do
+shift $(($# < 4 ? $# : 4))
+extra=("$@")
+for f in "$kernel" "$model" "${extra[@]}"; do
 	[[ -f $f ]] || { echo "mkimage: $f does not exist" >&2; exit 1; }
 done
 [[ $cmdline != *$'\n'* && $cmdline != *'"'* ]] || { echo "mkimage: the command line may not hold newlines or double quotes" >&2; exit 1; }
@@ -36,9 +39,15 @@ menuentry "cllm" {
 	echo "GRUB: loading the kernel and /boot/$name"
 	multiboot /boot/cllm.elf.gz $cmdline
 	module --nounzip /boot/$name /$name
+$(for m in "${extra[@]}"; do printf '\tmodule --nounzip /boot/%s /%s\n' "$(basename "$m")" "$(basename "$m")"; done)
 	boot
 }
 EOF
+for m in "${extra[@]}"; do
+	b=$(basename "$m")
+	[[ $b =~ ^[A-Za-z0-9._+-]+$ && $b != "$name" ]] || { echo "mkimage: module file name '$b' needs to be plain and not the model's" >&2; exit 1; }
+	cp "$m" "$stage/boot/$b"
+done
 # only the BIOS platform: the kernel is a Multiboot (i386 PC) kernel
 grub-mkrescue -o "$out.tmp" --compress=xz -d /usr/lib/grub/i386-pc \
 	--install-modules="multiboot gzio iso9660 biosdisk part_msdos normal configfile echo serial terminal" \

@@ -41,8 +41,30 @@ LWIP_TOP := $(abspath $(TOP)/../lwip)
 $(if $(wildcard $(TOP)/lib/lwip/src/core),,$(shell ln -sfn $(LWIP_TOP)/src $(TOP)/lib/lwip/src))
 INC += -Inet
 
+# mbedtls 3.6 (Debian source package, unpacked beside MicroPython) under extmod/modtls_mbedtls.c
+# (the tls module), configured by port/mbedtls/mbedtls_config_port.h. As with lwIP, extmod.mk
+# compiles it from $(TOP)/lib/mbedtls, which the repack leaves empty: link its two folders there.
+MICROPY_PY_SSL = 1
+MICROPY_SSL_MBEDTLS = 1
+MBEDTLS_TOP := $(abspath $(TOP)/../mbedtls)
+$(foreach d,include library,$(if $(wildcard $(TOP)/lib/mbedtls/$(d)),,$(shell ln -sfn $(MBEDTLS_TOP)/$(d) $(TOP)/lib/mbedtls/$(d))))
+
 include $(TOP)/py/py.mk
 include $(TOP)/extmod/extmod.mk
+
+# What the tls module compiles in (and so its qstrs) follows the mbedtls configuration.
+QSTR_GLOBAL_DEPENDENCIES += port/mbedtls/mbedtls_config_port.h
+
+# The repack also leaves out MicroPython's generated short error strings (lib/mbedtls_errors):
+# mbedtls' own error.c gives the full ones.
+SRC_THIRDPARTY_C := $(filter-out lib/mbedtls_errors/mp_mbedtls_errors.c,$(SRC_THIRDPARTY_C)) lib/mbedtls/library/error.c
+# TLS 1.3 (port/mbedtls/mbedtls_config_port.h), which extmod.mk's list leaves out: the protocol and
+# the PSA crypto layer it is built on
+SRC_THIRDPARTY_C += $(addprefix lib/mbedtls/library/,ssl_tls13_server.c ssl_tls13_generic.c ssl_tls13_keys.c \
+	ssl_tls13_client.c hkdf.c psa_crypto.c psa_crypto_aead.c psa_crypto_cipher.c psa_crypto_client.c \
+	psa_crypto_driver_wrappers_no_static.c psa_crypto_ecp.c psa_crypto_ffdh.c psa_crypto_hash.c psa_crypto_mac.c \
+	psa_crypto_pake.c psa_crypto_rsa.c psa_crypto_se.c psa_crypto_slot_management.c psa_crypto_storage.c \
+	psa_crypto_random.c psa_util.c)
 
 ARCH_FLAGS = -m32 -march=i686 -msse2 -mfpmath=sse
 INC += -I. -Iport -I$(TOP) -I$(BUILD)
@@ -77,6 +99,7 @@ SRC_C += \
 	modules/network/network_lan.c \
 	modules/serial/modserial.c \
 	modules/vga/modvga.c \
+	modules/tls/modtlsport.c \
 
 # llama.cpp inside: the llm module (C tables + C++ glue) against ggml and libllama, built as
 # static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC), with two

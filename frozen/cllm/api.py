@@ -324,6 +324,10 @@ class Api:
     # ------------------------------------------------------------ before and around every route
 
     def gate(self, req):
+        if not req.tls and req.app.tls and req.path not in PUBLIC:
+            refused = self.plain_http(req)
+            if refused:
+                return refused
         if req.path == "/":         # the chat page: without a key (its API calls carry one) and while loading
             return
         key = self.settings.api_key
@@ -335,6 +339,27 @@ class Api:
                 return ApiError(401, "Invalid API Key", "authentication_error").response()
         if self.engine.state != "ready":
             return ApiError(503, "Loading model", "unavailable_error").response()
+
+    def plain_http(self, req):
+        """A plain-HTTP request while HTTPS was asked for (app.tls "on" or "failed"): with http=redirect
+        (and HTTPS up) a 308 to the same URL over https; otherwise refused (401) if it carries a key or
+        the server wants one, so that a key is never taken in clear."""
+        s = self.settings
+        host = req.headers.get("Host", "") or "localhost"
+        if host.startswith("[") and "]" in host:        # [IPv6]:port
+            host = host[:host.index("]") + 1]
+        elif ":" in host:
+            host = host.split(":", 1)[0]
+        port = s.https_port or s.tls_port
+        url = "https://{}{}{}".format(host, "" if port == 443 else ":{}".format(port), req.url)
+        if req.app.tls == "on" and s.http == "redirect":
+            return "", 308, {"Location": url}
+        if s.api_key or "Authorization" in req.headers or "X-Api-Key" in req.headers:
+            if req.app.tls == "on":
+                message = "This server takes its API key over HTTPS only: use {}".format(url)
+            else:
+                message = "HTTPS did not start (see the boot log), and the API key is not taken over plain HTTP"
+            return ApiError(401, message, "authentication_error").response()
 
     def error_400(self, req):
         return bad_request("Bad request").response()

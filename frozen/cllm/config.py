@@ -8,7 +8,14 @@
     queue=8           requests that may wait for a slot; beyond that 503
     api_key=...       require `Authorization: Bearer ...` on every route but /health
     alias=...         model name in the API (default: the model file's name)
-    port=80           TCP port to listen on
+    port=80           TCP port to listen on (plain HTTP)
+    tls_cert=/c.pem   serve HTTPS with this certificate (chain) and tls_key's key, boot modules (PEM or DER)
+    tls_key=/k.pem
+    tls_port=443      TCP port for HTTPS
+    https_port=0      the port clients reach HTTPS on, for http=redirect's Location (0: tls_port)
+    http=on           plain HTTP beside HTTPS: on (but a request carrying an API key is refused), redirect
+                      (308 to https; /health stays plain) or off (no plain port)
+    tls_conns=8       TLS connections open at once; past it new ones are closed at once
     max_body=262144   largest request body in bytes (413 beyond)
     timeout=60        seconds a client has to send its whole request (408 beyond; llama-server's --timeout)
     max_headers=64    header lines a request may carry (431 beyond)
@@ -29,6 +36,12 @@ DEFAULTS = {
     "api_key": None,
     "alias": None,
     "port": 80,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_port": 443,
+    "https_port": 0,
+    "http": "on",
+    "tls_conns": 8,
     "max_body": 256 * 1024,
     "timeout": 60,
     "max_headers": 64,
@@ -36,6 +49,8 @@ DEFAULTS = {
     "dashboard": 1,
     "serve": 1,
 }
+
+CHOICES = {"http": ("on", "redirect", "off")}
 
 
 class Settings:
@@ -70,6 +85,9 @@ def parse(cmdline):
             except ValueError:
                 print("cllm: ignoring {} (not a number)".format(word))
                 continue
+        if key in CHOICES and value not in CHOICES[key]:
+            print("cllm: ignoring {} (one of {})".format(word, ", ".join(CHOICES[key])))
+            continue
         values[key] = value
     if values["model"] is None:
         values["model"] = first_gguf_module()

@@ -4,6 +4,7 @@ in one write, Server-Sent Events for streams, and llama-server's error shape."""
 import asyncio
 import json
 import time
+from asyncio import core
 
 from microdot import Microdot, Request, Response
 from microdot.microdot import NoCaseDict
@@ -44,6 +45,7 @@ class RequestReader:
         self.max_lines = max_lines
         self.max_body = max_body
         self.buf = b""
+        self.seen = False       # any byte of the request came (over TLS: the handshake is over)
 
     async def head(self):
         """The request line and the header lines, up to the blank line that ends them; None if the
@@ -57,6 +59,7 @@ class RequestReader:
                 data = await self.stream.read(self.CHUNK)
                 if data:
                     buf += data
+                    self.seen = True
                     continue
                 self.buf = b""
                 return buf.rstrip() or None     # the client closed: the head ends here
@@ -96,6 +99,7 @@ class RequestReader:
             stream = self
         req = Request(app, writer.get_extra_info("peername"), method, url, version, NoCaseDict(headers),
                       body=body, stream=stream, sock=(self, writer))
+        req.tls = "tls" in writer.e                 # came over HTTPS (Server.serve_tls)
         req.max_content_length = req.max_body_length = self.max_body     # microdot answers 413 past it
         return req
 
@@ -134,6 +138,9 @@ class Server(Microdot):
         self.expired = set()    # those the watchdog cancelled for it
         self.routes, self.routes_count = None, -1     # find_route's table, for url_map at that length
         self.connections = set()    # the tasks of the open connections (the server's stop waits for them)
+        self.server = self.tls_server = None
+        self.tls_open = 0           # TLS connections open now (at most limits.tls_conns)
+        self.tls_refused = 0        # closed at once for it
 
     async def serve(self, port):
         """microdot's start_server, with a listen backlog for bursts of connections: microdot takes
@@ -144,6 +151,61 @@ class Server(Microdot):
             await self.server.wait_closed()
         finally:
             watchdog.cancel()
+
+    async def serve_tls(self, port, context):
+        """HTTPS on port: asyncio's start_server(ssl=context) loop (the handshake runs inside the
+        request's first reads, under its deadline), with at most limits.tls_conns connections at
+        once: one past it is closed as accepted, before mbedtls takes memory for it, and one that
+        mbedtls cannot take (its memory cap) is closed without the traceback asyncio would print
+        on the console."""
+        import socket
+        s = socket.socket()
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(socket.getaddrinfo("0.0.0.0", port)[0][-1])
+        s.listen(self.BACKLOG)
+        self.tls_server = asyncio.current_task()
+        try:
+            while True:
+                yield core._io_queue.queue_read(s)      # as asyncio's own accept loop waits
+                try:
+                    conn, addr = s.accept()
+                except OSError:
+                    continue
+                if self.tls_open >= self.limits.tls_conns:
+                    self.tls_refused += 1
+                    conn.close()
+                    continue
+                try:
+                    tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                except (OSError, MemoryError):
+                    self.tls_refused += 1
+                    conn.close()
+                    continue
+                tls.setblocking(False)
+                stream = asyncio.StreamWriter(tls, {"peername": addr, "tls": True})
+                self.tls_open += 1
+                asyncio.create_task(self.handle_tls(stream, conn))
+        finally:
+            s.close()
+
+    async def handle_tls(self, stream, raw):
+        try:
+            await self.handle_request(stream, stream)
+        finally:
+            self.tls_open -= 1
+            # the TCP socket under it: when a handshake fails, the tls module lets go of it without
+            # closing it (extmod/modtls_mbedtls.c), and the connection would stay open until a
+            # garbage collection
+            raw.close()
+
+    def shutdown(self):
+        """No new connection on either port (microdot's shutdown closes the plain one)."""
+        if self.tls_server:
+            self.tls_server.cancel()
+            self.tls_server = None
+        if self.server:
+            super().shutdown()
 
     async def watch(self):
         """The request deadline: one task for all connections, every WATCH_MS, cancels those past it
@@ -221,6 +283,8 @@ class Server(Microdot):
         except asyncio.CancelledError:
             if me not in self.expired:      # not the deadline: the server is stopping
                 raise
+            if "tls" in writer.e and not incoming.seen:    # a TLS handshake that stalled: no one to answer
+                return await close(writer)
             error = ApiError(408, "Request timed out", "invalid_request_error")
         except TooManyHeaders:
             error = ApiError(431, "More than {} header lines".format(limits.max_headers), "invalid_request_error")

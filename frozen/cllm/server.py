@@ -93,8 +93,57 @@ def load_model():
             settings.model, settings.n_ctx, settings.parallel, settings.flash_attn))
         engine.load()
     meta = engine.meta
-    log("cllm: {} ({}, {} parameters) ready after {} ms; serving on port {}".format(
-        settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0), settings.port))
+    log("cllm: {} ({}, {} parameters) ready after {} ms; serving on {}".format(
+        settings.alias, meta["description"], meta["n_params"], time.ticks_diff(time.ticks_ms(), t0),
+        " and ".join("port {} ({})".format(port, scheme) for scheme, port in ports()) or "no port"))
+
+
+def ports():
+    """(scheme, port) for each port served: "https", "http", or "http, redirects" (to https)."""
+    out = []
+    if app.tls == "on":
+        out.append(("https", settings.tls_port))
+    if settings.http != "off":
+        out.append(("http" if settings.http == "on" or app.tls != "on" else "http, redirects", settings.port))
+    return out
+
+
+TLS_BYTES_PER_CONN = 48 * 1024     # what mbedtls holds for one connection at most (tests/test_tls.py checks it)
+
+
+def tls_context():
+    """The TLS context for tls_cert and tls_key (boot modules), or None: not asked for, or it failed
+    (the boot log says why). app.tls tells the API: None (no TLS asked for), "on", or "failed"."""
+    app.tls = None
+    if not (settings.tls_cert or settings.tls_key):
+        return None
+    app.tls = "failed"
+    if not (settings.tls_cert and settings.tls_key):
+        log("tls: cannot serve HTTPS: tls_cert and tls_key go together (only {} given)".format(
+            "tls_cert" if settings.tls_cert else "tls_key"))
+        return None
+    import tls
+    import tlsport
+    try:
+        data = []
+        for what, path in (("certificate", settings.tls_cert), ("key", settings.tls_key)):
+            try:
+                with open(path, "rb") as f:
+                    data.append(f.read())
+            except OSError:
+                raise ValueError("the {} {}: no such boot module".format(what, path))
+        key = tlsport.check(*data)
+        context = tls.SSLContext(tls.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*data)
+    except (ValueError, OSError) as e:
+        log("tls: cannot serve HTTPS with {} and {}: {}".format(settings.tls_cert, settings.tls_key, e))
+        return None
+    # the handshakes' and connections' memory, capped: a connection past it fails its handshake
+    tlsport.set_limit(settings.tls_conns * TLS_BYTES_PER_CONN)
+    app.tls = "on"
+    log("tls: HTTPS on port {} ({}, key {}); random seed from {}".format(
+        settings.tls_port, settings.tls_cert, key, tlsport.entropy()))
+    return context
 
 
 async def announce(wait_ms=10000):
@@ -106,7 +155,8 @@ async def announce(wait_ms=10000):
         await asyncio.sleep_ms(50)
     ip = dashboard.address()
     if ip:
-        log("net: address {} ({}); http://{}:{}/".format(ip, network.LAN().config("address_source"), ip, settings.port))
+        log("net: address {} ({}); {}".format(ip, network.LAN().config("address_source"), " ".join(
+            "{}://{}:{}/".format(scheme.split(",")[0], ip, port) for scheme, port in ports())))
     else:
         log("net: no address after {} ms (no DHCP answer?); network.LAN().ifconfig(...) sets one".format(wait_ms))
 
@@ -143,7 +193,14 @@ async def main(namespace):
     CORS(app, allowed_origins="*", allow_credentials=True)
     prepare_engine()
     Api(app, engine, settings)
-    serving = asyncio.create_task(app.serve(settings.port))
+    context = tls_context()
+    listeners = []
+    if context:
+        listeners.append(asyncio.create_task(app.serve_tls(settings.tls_port, context)))
+    if settings.http != "off":
+        listeners.append(asyncio.create_task(app.serve(settings.port)))
+    elif not context:
+        log("cllm: http=off and no HTTPS: not serving (the console stays)")
     await asyncio.sleep_ms(0)           # listening, and answering 503 until the model is there
     try:
         load_model()
@@ -165,7 +222,7 @@ async def main(namespace):
     t0 = time.ticks_ms()
     while app.connections and time.ticks_diff(time.ticks_ms(), t0) < STOP_WAIT_MS:
         await asyncio.sleep_ms(20)
-    for task in tasks + list(app.connections) + [serving]:
+    for task in tasks + list(app.connections) + listeners:
         task.cancel()
     await asyncio.sleep_ms(0)           # the cancelled tasks close their sockets
     log("cllm: stopped; server.start() serves again")
