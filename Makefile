@@ -65,7 +65,8 @@ all: kernel
 help:
 	@echo "cllm — targets:"
 	@echo "  make [kernel]   set up (Debian packages, venv, sources) and build $(KERNEL); prints its stripped size"
-	@echo "  make run        boot the kernel in QEMU, serial console on this terminal (Ctrl-A x quits)"
+	@echo "  make run        boot the kernel in QEMU, serial console on this terminal (Ctrl-A x quits); TLS=1 (a self-signed"
+	@echo "                  test pair) or TLS_CERT=... TLS_KEY=...: HTTPS too, on 127.0.0.1:TLS_PORT (8443)"
 	@echo "  make run-debug  as run, but QEMU waits for gdb on :1234 (gdb $(KERNEL) -ex 'target remote :1234')"
 	@echo "  make image      one bootable BIOS image $(IMAGE) (hybrid ISO: CD or raw disk/USB stick): GRUB,"
 	@echo "                  the kernel, MODEL as boot module and the command line; prints its size"
@@ -92,6 +93,8 @@ help:
 	@echo "                  tok/s spread (max/min) and the ggml kernels each cllm boot chose (bench/spread.py)"
 	@echo "  make bench-responsive  SmolLM2 at SMP CPUs: the decoder thread's prompt speed vs inline, /health and console echo"
 	@echo "                  during a long prompt, a stream's token gap while another prompt is read (bench/responsive.py)"
+	@echo "  make bench-tls  HTTPS: handshakes/s (EC and RSA, TLS 1.3 and 1.2), /health and a stream's tok/s over HTTPS"
+	@echo "                  against plain HTTP in the same boot, and where a handshake's time goes (bench/tls.py)"
 	@echo "  make bench-tcg  what the kernel does for QEMU's TCG, as ratios in the guest: software TLB, qstr index (bench/tcg.py)"
 	@echo "  make bench-net  TCP throughput both ways and connection rate through the e1000 vs. a host-local server (bench/net.py)"
 	@echo "  make setup      only the set-up: Debian packages, $(VENV), every source in deps/lock"
@@ -215,9 +218,12 @@ bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/api.py
 
-.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul
+.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul bench-tls
 bench-matmul: kernel $(DEPS)/peer-linux/.stamp $(DEPS)/peer-busybox/.stamp $(VENV)/.stamp
 	@$(VENV)/bin/python bench/matmul.py
+
+bench-tls: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp | $(BUILD)/.sysdeps
+	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/tls.py --profile
 
 bench-batching: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/batching.py

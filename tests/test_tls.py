@@ -357,3 +357,40 @@ def test_a_missing_module_is_a_boot_log_error(files):
         assert request(g, "GET", "/health")[0] == 200
     finally:
         g.close()
+
+
+def test_the_pair_baked_into_the_image(files, tmp_path):
+    """make image TLS_CERT=... TLS_KEY=...: the pair as two more GRUB modules, named on the image's
+    command line (port/mkimage.sh), booted as a CD."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    cert, key = files["ec"]
+    out = tmp_path / "cllm.iso"
+    r = subprocess.run([os.path.join(root, "port", "mkimage.sh"), os.path.join(root, "build", "port", "cllm.elf"),
+                        files["model"], str(out), "n_ctx=256 parallel=1 tls_cert=/ec.pem tls_key=/ec.key", cert, key],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tls_port = free_port()
+    g = Guest(image=("cdrom", out), mem="256M", timeout=180, hostfwd=[f"tcp:127.0.0.1:{tls_port}-:443"])
+    g.tls_port, g.cafile = tls_port, cert
+    try:
+        g.expect(rb"serving on port 443 \(https\)", timeout=180)
+        assert b"tls: HTTPS on port 443 (/ec.pem, key EC 256 bits)" in b"".join(g.log)
+        assert https(g, "GET", "/health", key=None)[:2] == (200, {"status": "ok"})
+    finally:
+        g.close()
+
+
+def test_make_run_tls_wires_the_pair_and_the_port():
+    """make run TLS=1 (dry run): the test pair as boot modules named on the command line, guest port
+    443 forwarded to TLS_PORT, and https_port for redirects."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run(["make", "-n", "--no-print-directory", "run", "TLS=1", "TLS_PORT=8999", "PORT=8998",
+                          "MODEL=/m.gguf"], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    line = next(l for l in out.splitlines() if "qemu-system-i386" in l)
+    assert "hostfwd=tcp:127.0.0.1:8998-:80,hostfwd=tcp:127.0.0.1:8999-:443" in line, line
+    assert '-initrd "/m.gguf,build/tls/cert.pem,build/tls/key.pem"' in line, line
+    assert '-append "tls_cert=/cert.pem tls_key=/key.pem https_port=8999' in line, line
+    mine = subprocess.run(["make", "-n", "--no-print-directory", "run", "TLS_CERT=/a/site.pem", "TLS_KEY=/a/site.key",
+                           "MODEL=/m.gguf"], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    assert '-initrd "/m.gguf,/a/site.pem,/a/site.key"' in mine and "tls_cert=/site.pem tls_key=/site.key" in mine
+    assert "openssl" not in mine        # no test pair made when the files are given
