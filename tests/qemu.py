@@ -26,7 +26,7 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chardev:con",
-                 hostfwd=None, mac=None, serial2=None, monitor=None, image=None, smp=1, reboot=False):
+                 hostfwd=None, mac=None, serial2=None, monitor=None, image=None, smp=1, reboot=False, cpu="max"):
     """hostfwd: None for a machine without a NIC, else a list of QEMU hostfwd rules (every one on
     127.0.0.1) for an e1000 on a user network that reaches nothing else. mac: the e1000's address.
     serial2: a QEMU chardev spec for COM2 (e.g. "unix:PATH,server=on,wait=off").
@@ -34,9 +34,10 @@ def qemu_command(modules=(), append="", mem="256M", kernel=KERNEL, serial="chard
     image: ("cdrom" or "disk", path of a `make image` ISO) boots through its GRUB instead of
     QEMU's own Multiboot loader; kernel, modules and append then come from the image.
     smp: CPUs; more than one runs each on its own host thread (multi-threaded TCG).
-    reboot: a reset restarts the machine (as a PC's would) instead of ending QEMU."""
+    reboot: a reset restarts the machine (as a PC's would) instead of ending QEMU.
+    cpu: QEMU's -cpu model (and feature switches, e.g. "max,-rdrand")."""
     accel = ["-accel", "tcg"] if smp == 1 else ["-accel", "tcg,thread=multi", "-smp", str(smp)]
-    cmd = ["qemu-system-i386", "-machine", "pc", *accel, "-cpu", "max", "-m", mem, *([] if reboot else ["-no-reboot"]),
+    cmd = ["qemu-system-i386", "-machine", "pc", *accel, "-cpu", cpu, "-m", mem, *([] if reboot else ["-no-reboot"]),
            "-display", "none", "-monitor", monitor or "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]
     if image is None:
         cmd += ["-kernel", kernel, "-append", append]

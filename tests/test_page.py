@@ -30,13 +30,13 @@ HEADER, USER, ASSISTANT, ERROR = (0x1f, 0x2a, 0x44), (0x2f, 0x6f, 0xd6), (0xff, 
 class Browser:
     """Headless Chromium with one page, driven over the DevTools protocol's websocket."""
 
-    def __init__(self, profile):
+    def __init__(self, profile, extra=()):
         assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: deps/sysdeps.sh installs Debian's chromium"
         # Without the background-networking flags Chromium's own connections get refused here.
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--hide-scrollbars", "about:blank"],
+             f"--user-data-dir={profile}", "--remote-debugging-port=0", "--hide-scrollbars", *extra, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         active = os.path.join(profile, "DevToolsActivePort")
         for _ in range(300):

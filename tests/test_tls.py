@@ -5,6 +5,8 @@ http=on (a key over plain HTTP refused), http=redirect and http=off, a mismatche
 boot, and bad TLS input (garbage, a truncated ClientHello, a stalled handshake, old protocol versions,
 no common cipher, a reset mid-stream, more connections than tls_conns) while /health answers on both
 ports. Traffic goes only to 127.0.0.1."""
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -46,14 +48,14 @@ def files(tmp_path_factory):
     return out
 
 
-def boot_tls(files, pair, append):
+def boot_tls(files, pair, append, **machine):
     """A guest with the model and the pair (cert, key) as boot modules named on the command line;
     .port is plain HTTP's host port, .tls_port HTTPS's."""
     port, tls_port = free_port(), free_port()
     cert, key = pair
     g = Guest(modules=[files["model"], cert, key], mem="256M", timeout=120,
               append=f"tls_cert=/{os.path.basename(cert)} tls_key=/{os.path.basename(key)} https_port={tls_port} {append}",
-              hostfwd=[f"tcp:127.0.0.1:{port}-:80", f"tcp:127.0.0.1:{tls_port}-:443"])
+              hostfwd=[f"tcp:127.0.0.1:{port}-:80", f"tcp:127.0.0.1:{tls_port}-:443"], **machine)
     g.port, g.tls_port, g.cafile = port, tls_port, cert
     g.expect(rb"serving on [^\r]*\r\n", timeout=120)
     g.boot_log = b"".join(g.log)
@@ -317,9 +319,10 @@ def test_rsa_key_and_http_redirect(files):
         g.close()
 
 
-def test_http_off_has_no_plain_port(files):
-    g = boot_tls(files, files["ec"], "n_ctx=256 parallel=1 http=off")
+def test_http_off_has_no_plain_port_and_a_cpu_without_rdrand_seeds_from_jitter(files):
+    g = boot_tls(files, files["ec"], "n_ctx=256 parallel=1 http=off", cpu="max,-rdrand,-rdseed")
     try:
+        assert "random seed from timer jitter and the RTC" in g.boot_log.decode(errors="replace")
         assert "serving on port 443 (https)\r\n" in g.boot_log.decode(errors="replace")
         assert https(g, "GET", "/health", key=None)[0] == 200
         with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
@@ -394,3 +397,41 @@ def test_make_run_tls_wires_the_pair_and_the_port():
                            "MODEL=/m.gguf"], cwd=root, capture_output=True, text=True, timeout=60).stdout
     assert '-initrd "/m.gguf,/a/site.pem,/a/site.key"' in mine and "tls_cert=/site.pem tls_key=/site.key" in mine
     assert "openssl" not in mine        # no test pair made when the files are given
+
+
+def spki_sha256(cert):
+    """The base64 SHA-256 of a certificate's public key: what Chromium's
+    --ignore-certificate-errors-spki-list trusts (as a pinned key, the way to trust one test
+    certificate without a system CA store)."""
+    pub = subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", cert], capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub, capture_output=True,
+                         check=True).stdout
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_the_chat_page_in_chromium_over_https(srv, tmp_path):
+    from test_page import Browser
+    url = f"https://127.0.0.1:{srv.tls_port}/?temperature=0&max_tokens=8"
+    untrusting = Browser(str(tmp_path / "untrusting"))
+    try:                                    # without the certificate: Chromium's own error page
+        untrusting.call("Page.navigate", url=url)
+        time.sleep(3)
+        assert untrusting.js("location.href").startswith("chrome-error://"), untrusting.js("location.href")
+    finally:
+        untrusting.close()
+    b = Browser(str(tmp_path / "trusting"), extra=[f"--ignore-certificate-errors-spki-list={spki_sha256(srv.cafile)}"])
+    try:
+        b.call("Page.navigate", url=url)
+        b.wait("document.readyState === 'complete' && document.getElementById('model').textContent !== ''")
+        assert b.js("location.protocol") == "https:" and b.js("window.isSecureContext")
+        b.type_into("key", KEY)
+        b.js("document.getElementById('input').focus()")
+        b.wait("document.getElementById('model').textContent === 'tiny.gguf'")
+        b.type_into("input", "Hello")
+        b.click("send")
+        b.wait("document.querySelectorAll('.assistant').length === 1 && document.body.dataset.state === 'idle'")
+        reply = b.js("document.querySelector('.assistant').textContent")
+        chat = {"messages": [{"role": "user", "content": "Hello"}], "temperature": 0, "max_tokens": 8}
+        assert reply == https(srv, "POST", "/v1/chat/completions", chat)[1]["choices"][0]["message"]["content"]
+    finally:
+        b.close()
