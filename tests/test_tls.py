@@ -45,15 +45,18 @@ def files(tmp_path_factory):
     out = {"model": make_tiny_model(os.path.join(folder, "tiny.gguf"))}
     out["ec"] = make_pair(folder, "ec", "ec")
     out["rsa"] = make_pair(folder, "rsa", "rsa")
+    out["der"] = (os.path.join(folder, "ec-cert.der"), os.path.join(folder, "ec-key.der"))
+    subprocess.run(["openssl", "x509", "-in", out["ec"][0], "-outform", "der", "-out", out["der"][0]], check=True)
+    subprocess.run(["openssl", "pkey", "-in", out["ec"][1], "-outform", "der", "-out", out["der"][1]], check=True)
     return out
 
 
-def boot_tls(files, pair, append, **machine):
+def boot_tls(files, pair, append, extra=(), **machine):
     """A guest with the model and the pair (cert, key) as boot modules named on the command line;
     .port is plain HTTP's host port, .tls_port HTTPS's."""
     port, tls_port = free_port(), free_port()
     cert, key = pair
-    g = Guest(modules=[files["model"], cert, key], mem="256M", timeout=120,
+    g = Guest(modules=[files["model"], cert, key, *extra], mem="256M", timeout=120,
               append=f"tls_cert=/{os.path.basename(cert)} tls_key=/{os.path.basename(key)} https_port={tls_port} {append}",
               hostfwd=[f"tcp:127.0.0.1:{port}-:80", f"tcp:127.0.0.1:{tls_port}-:443"], **machine)
     g.port, g.tls_port, g.cafile = port, tls_port, cert
@@ -66,7 +69,8 @@ def boot_tls(files, pair, append, **machine):
 @pytest.fixture(scope="module")
 def srv(files):
     """EC key, http=on, an API key, at most 4 TLS connections, a 10 s request deadline."""
-    g = boot_tls(files, files["ec"], f"n_ctx=512 parallel=2 api_key={KEY} tls_conns=4 timeout=10 cache_prompt=0")
+    g = boot_tls(files, files["ec"], f"n_ctx=512 parallel=2 api_key={KEY} tls_conns=4 timeout=10 cache_prompt=0",
+                 extra=files["der"])
     try:
         yield g
     finally:
@@ -192,6 +196,8 @@ def test_plain_http_refuses_a_key_and_says_to_use_https(srv):
     status, body = request(srv, "GET", "/v1/models")       # no key: still refused, the server wants one
     assert status == 401 and "HTTPS only" in body["error"]["message"]
     assert request(srv, "GET", "/health")[0] == 200       # load balancers poll it plain
+    status, page = request(srv, "GET", "/")                 # the page, whose calls then get the 401 above
+    assert status == 200 and "<html" in page.lower()
 
 
 def raw_tls(g, data, wait=15):
@@ -300,6 +306,27 @@ def test_connections_past_tls_conns_are_closed_and_memory_is_counted(srv):
     assert https(srv, "GET", "/health", key=None)[0] == 200
     after = guest_value(srv, "__import__('tlsport').memory()")
     assert after["peak"] <= after["limit"] and after["in_use"] < memory["in_use"], (memory, after)
+    stats = guest_value(srv, "server.stats()['tls']")
+    assert stats["refused"] >= 1 and stats["open"] == 0 and stats["memory"]["limit"] == 4 * 48 * 1024, stats
+
+
+def test_unreadable_pairs_are_named_errors(srv):
+    """tlsport.check, which the boot runs before serving: what is wrong, in words."""
+    repl(srv, "import tlsport; c = open('/ec.pem', 'rb').read(); k = open('/ec.key', 'rb').read()")
+    srv.send(b"\x05")                                       # paste mode: no auto-indent
+    srv.expect_exact(b"paste mode; Ctrl-C to cancel, Ctrl-D to finish")
+    srv.send(b"def why(c, k):\r    try:\r        return tlsport.check(c, k)\r    except ValueError as e:\r"
+             b"        return 'ERR ' + str(e)\r\x04")
+    srv.wait_prompt()
+    for args, expected in (("b'junk', k", "ERR the certificate: X509 - "), ("c, b'junk'", "ERR the key: PK - "),
+                           ("c[:300], k", "ERR the certificate: "), ("c, k", "EC 256 bits"),
+                           ("open('/ec-cert.der', 'rb').read(), open('/ec-key.der', 'rb').read()", "EC 256 bits")):
+        out = repl(srv, f"print(why({args}))").decode(errors="replace")
+        assert expected in out, (args, out)
+    # DER loads into the tls module as PEM does
+    out = repl(srv, "import tls; tls.SSLContext(tls.PROTOCOL_TLS_SERVER).load_cert_chain("
+                    "open('/ec-cert.der', 'rb').read(), open('/ec-key.der', 'rb').read()); print('loaded')")
+    assert b"loaded" in out, out
 
 
 def test_rsa_key_and_http_redirect(files):
@@ -320,13 +347,15 @@ def test_rsa_key_and_http_redirect(files):
 
 
 def test_http_off_has_no_plain_port_and_a_cpu_without_rdrand_seeds_from_jitter(files):
-    g = boot_tls(files, files["ec"], "n_ctx=256 parallel=1 http=off", cpu="max,-rdrand,-rdseed")
+    g = boot_tls(files, files["ec"], "n_ctx=256 parallel=1 http=off timeout=3", cpu="max,-rdrand,-rdseed")
     try:
         assert "random seed from timer jitter and the RTC" in g.boot_log.decode(errors="replace")
         assert "serving on port 443 (https)\r\n" in g.boot_log.decode(errors="replace")
         assert https(g, "GET", "/health", key=None)[0] == 200
         with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
             request(g, "GET", "/health", timeout=10)
+        got, took = raw_tls(g, client_hello()[:40], wait=30)   # the request deadline holds without port 80
+        assert took < 10, took
     finally:
         g.close()
 

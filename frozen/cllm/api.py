@@ -343,7 +343,8 @@ class Api:
     def plain_http(self, req):
         """A plain-HTTP request while HTTPS was asked for (app.tls "on" or "failed"): with http=redirect
         (and HTTPS up) a 308 to the same URL over https; otherwise refused (401) if it carries a key or
-        the server wants one, so that a key is never taken in clear."""
+        the server wants one (the chat page itself is served: its calls get the 401 and show it), so
+        that a key is never taken in clear."""
         s = self.settings
         host = req.headers.get("Host", "") or "localhost"
         if host.startswith("[") and "]" in host:        # [IPv6]:port
@@ -354,7 +355,7 @@ class Api:
         url = "https://{}{}{}".format(host, "" if port == 443 else ":{}".format(port), req.url)
         if req.app.tls == "on" and s.http == "redirect":
             return "", 308, {"Location": url}
-        if s.api_key or "Authorization" in req.headers or "X-Api-Key" in req.headers:
+        if "Authorization" in req.headers or "X-Api-Key" in req.headers or s.api_key and req.path != "/":
             if req.app.tls == "on":
                 message = "This server takes its API key over HTTPS only: use {}".format(url)
             else:

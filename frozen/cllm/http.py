@@ -139,6 +139,7 @@ class Server(Microdot):
         self.routes, self.routes_count = None, -1     # find_route's table, for url_map at that length
         self.connections = set()    # the tasks of the open connections (the server's stop waits for them)
         self.server = self.tls_server = None
+        self.tls = None             # HTTPS: None (not asked for), "on", or "failed" (server.tls_context)
         self.tls_open = 0           # TLS connections open now (at most limits.tls_conns)
         self.tls_refused = 0        # closed at once for it
 
@@ -165,6 +166,7 @@ class Server(Microdot):
         s.bind(socket.getaddrinfo("0.0.0.0", port)[0][-1])
         s.listen(self.BACKLOG)
         self.tls_server = asyncio.current_task()
+        watchdog = asyncio.create_task(self.watch())    # as serve's (with http=off the only one)
         try:
             while True:
                 yield core._io_queue.queue_read(s)      # as asyncio's own accept loop waits
@@ -187,6 +189,7 @@ class Server(Microdot):
                 self.tls_open += 1
                 asyncio.create_task(self.handle_tls(stream, conn))
         finally:
+            watchdog.cancel()
             s.close()
 
     async def handle_tls(self, stream, raw):

@@ -31,7 +31,7 @@ void *cllm_tls_calloc(size_t n, size_t size) {
         return NULL;
     }
     const size_t bytes = n * size;
-    size_t *p = in_use + bytes > limit ? NULL : calloc(1, bytes + HEADER);
+    size_t *p = bytes > limit || in_use > limit - bytes ? NULL : calloc(1, bytes + HEADER);
     if (p == NULL) {
         refused++;
         return NULL;
@@ -106,9 +106,9 @@ static mp_obj_t tlsport_check(mp_obj_t cert_in, mp_obj_t key_in) {
     size_t cert_len, key_len;
     const byte *cert = (const byte *) mp_obj_str_get_data(cert_in, &cert_len);
     const byte *key = (const byte *) mp_obj_str_get_data(key_in, &key_len);
-    // PEM is parsed with its terminating NUL counted (MicroPython's bytes end in one)
-    const size_t cert_n = cert_len + (memchr(cert, '-', cert_len) ? 1 : 0);
-    const size_t key_n = key_len + (memchr(key, '-', key_len) ? 1 : 0);
+    // with the NUL that ends MicroPython's bytes counted, as the tls module's load_cert_chain passes
+    // them (mbedtls takes a buffer ending in NUL for PEM, and reads DER's own lengths)
+    const size_t cert_n = cert_len + 1, key_n = key_len + 1;
     mbedtls_x509_crt crt;
     mbedtls_pk_context pk;
     mbedtls_entropy_context entropy;
