@@ -29,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import MODEL, machine, qemu_command  # noqa: E402
 from qemu import Monitor, free_port, kernel_symbols  # noqa: E402
+from test_tls import make_pair  # noqa: E402
 
 SMP = int(os.environ.get("BENCH_SMP") or os.cpu_count())
 HANDSHAKES = int(os.environ.get("BENCH_HANDSHAKES", 40))
@@ -36,15 +37,6 @@ N_GEN = int(os.environ.get("BENCH_GEN", 32))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
 KERNEL = os.environ.get("CLLM_KERNEL", os.path.join(os.path.dirname(__file__), "..", "build", "port", "cllm.elf"))
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-
-
-def make_pair(folder, kind):
-    cert, key = os.path.join(folder, kind + ".pem"), os.path.join(folder, kind + ".key")
-    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ec" else ["-newkey", "rsa:2048"]
-    subprocess.run(["openssl", "req", "-x509", *new_key, "-nodes", "-days", "30", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 class Box:
@@ -168,7 +160,7 @@ def main():
     profile = "--profile" in sys.argv
     print(f"{machine()}; {SMP} CPU(s); SmolLM2; {HANDSHAKES} handshakes, {N_GEN} streamed tokens x {ROUNDS}")
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = {kind: make_pair(tmp, kind) for kind in ("ec", "rsa")}
+        pairs = {kind: make_pair(tmp, kind, kind) for kind in ("ec", "rsa")}
         rows = {}
         for kind, pair in pairs.items():
             box = Box(pair)
