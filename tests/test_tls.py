@@ -310,6 +310,26 @@ def test_connections_past_tls_conns_are_closed_and_memory_is_counted(srv):
     assert stats["refused"] >= 1 and stats["open"] == 0 and stats["memory"]["limit"] == 4 * 48 * 1024, stats
 
 
+def test_past_the_memory_cap_a_handshake_fails_and_the_open_connection_works(srv):
+    ctx = context(srv.cafile)
+    first = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.tls_port), timeout=30), server_hostname="127.0.0.1")
+    limit = guest_value(srv, "__import__('tlsport').memory()['limit']")
+    used = guest_value(srv, "__import__('tlsport').memory()['in_use']")
+    repl(srv, f"__import__('tlsport').set_limit({used + 8000})")      # less than one more connection takes
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, ConnectionAbortedError, OSError)):
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.tls_port), timeout=30),
+                            server_hostname="127.0.0.1")
+        assert guest_value(srv, "__import__('tlsport').memory()['refused']") > 0
+        first.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in first.recv(4096)
+        assert request(srv, "GET", "/health")[0] == 200
+    finally:
+        first.close()
+        repl(srv, f"__import__('tlsport').set_limit({limit})")
+    assert https(srv, "GET", "/health", key=None)[0] == 200
+
+
 def test_unreadable_pairs_are_named_errors(srv):
     """tlsport.check, which the boot runs before serving: what is wrong, in words."""
     repl(srv, "import tlsport; c = open('/ec.pem', 'rb').read(); k = open('/ec.key', 'rb').read()")
