@@ -16,10 +16,6 @@ JOBS    ?= $(shell nproc)
 
 DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-# The machine every target boots: TCG (no KVM for i386 guests here) with SMP CPUs, each on a
-# host thread of its own (multi-threaded TCG) when there are several; the e1000 on a user-mode
-# network that reaches nothing but the forwarded port, and isa-debug-exit so that the kernel's
-# exit status (and a panic) ends QEMU with status (code << 1) | 1.
 # HTTPS (`make run TLS=1`, or TLS_CERT=... TLS_KEY=...): the pair goes as two more boot modules,
 # named on the command line, and the guest's port 443 to 127.0.0.1:TLS_PORT. TLS=1 without files
 # makes a self-signed test pair (EC P-256, for localhost and 127.0.0.1) in $(BUILD)/tls.
@@ -35,6 +31,10 @@ TLS_DEP   = $(if $(TLS_ON),$(if $(TLS_CERT)$(TLS_KEY),,$(TEST_CERT)))
 TLS_ARGS  = $(if $(TLS_ON),tls_cert=/$(notdir $(word 1,$(TLS_PAIR))) tls_key=/$(notdir $(word 2,$(TLS_PAIR))))
 TLS_HINT  = $(if $(TLS_ON),; https://127.0.0.1:$(TLS_PORT)/ -> guest :443$(if $(TLS_DEP), (trust it: curl --cacert $(TEST_CERT), SSL_CERT_FILE=$(TEST_CERT))))
 
+# The machine every target boots: TCG (no KVM for i386 guests here) with SMP CPUs, each on a
+# host thread of its own (multi-threaded TCG) when there are several; the e1000 on a user-mode
+# network that reaches nothing but the forwarded ports, and isa-debug-exit so that the kernel's
+# exit status (and a panic) ends QEMU with status (code << 1) | 1.
 QEMU_ACCEL = $(if $(filter 1,$(SMP)),-accel tcg,-accel tcg$(comma)thread=multi -smp $(SMP))
 QEMU_MACHINE = -machine pc $(QEMU_ACCEL) -cpu $(CPU) -m $(MEM) -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 \
@@ -170,7 +170,7 @@ image: kernel $(MODEL_DEP) $(TLS_DEP)
 $(TEST_CERT): | $(BUILD)/.sysdeps
 	@mkdir -p $(@D)
 	@openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 -subj /CN=localhost \
-		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout $(TEST_KEY) -out $(TEST_CERT) 2>/dev/null
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout $(TEST_KEY) -out $(TEST_CERT)
 	@echo "tls: self-signed test pair $(TEST_CERT), $(TEST_KEY); trust it with curl --cacert $(TEST_CERT), SSL_CERT_FILE=$(TEST_CERT)"
 
 run-image: image
