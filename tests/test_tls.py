@@ -349,6 +349,20 @@ def test_unreadable_pairs_are_named_errors(srv):
     assert b"loaded" in out, out
 
 
+def test_stop_and_start_from_the_console_close_and_reopen_both_ports(srv):
+    srv.send(b"server.stop()\r")
+    srv.expect_exact(b"stopped; server.start() serves again", timeout=30)
+    srv.wait_prompt()
+    with pytest.raises((ssl.SSLError, OSError)):
+        https(srv, "GET", "/health", key=None, timeout=5)
+    with pytest.raises(OSError):
+        request(srv, "GET", "/health", timeout=5)
+    srv.send(b"server.start()\r")
+    srv.expect(rb"serving on port 443 \(https\) and port 80 \(http\)", timeout=60)
+    srv.wait_prompt()
+    assert health_both(srv) == (200, 200)
+
+
 def test_rsa_key_and_http_redirect(files):
     g = boot_tls(files, files["rsa"], "n_ctx=256 parallel=1 http=redirect")
     try:
