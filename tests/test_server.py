@@ -294,19 +294,28 @@ def test_cache_prompt_reuses_the_slots_kv(srv):
 
 
 def test_response_format_json_object(srv):
-    body = {"messages": [{"role": "user", "content": "Describe a cat as JSON"}], "max_tokens": 48,
-            "temperature": 0, "response_format": {"type": "json_object"}}
-    status, out = request(srv, "POST", "/v1/chat/completions", body)
+    body = {"prompt": "Describe a cat as JSON", "max_tokens": 48, "temperature": 0,
+            "response_format": {"type": "json_object"}}
+    status, out = request(srv, "POST", "/v1/completions", body)
     assert status == 200, out
-    text = out["choices"][0]["message"]["content"]
+    text = out["choices"][0]["text"]
     assert text.lstrip().startswith("{"), text
     if out["choices"][0]["finish_reason"] == "stop":        # the grammar closed the object
         assert isinstance(json.loads(text), dict), text
     plain = dict(body, response_format={"type": "text"})
-    assert request(srv, "POST", "/v1/chat/completions", plain)[0] == 200
+    assert request(srv, "POST", "/v1/completions", plain)[0] == 200
     for bad in ({"type": "yaml"}, "json", {"type": "json_schema", "json_schema": {"schema": []}}):
-        status, err = request(srv, "POST", "/v1/chat/completions", dict(body, response_format=bad))
+        status, err = request(srv, "POST", "/v1/completions", dict(body, response_format=bad))
         assert_error(status, err, 400, "invalid_request_error")
+    # In a chat the grammar first takes the template's generation prompt, "<|im_start|>assistant\n":
+    # this model's vocabulary has no <|im_start|> token and its tokenizer puts a space before
+    # "assistant", so llama.cpp's grammar cannot (as llama-server cannot): a 400 that says so.
+    # (test_chat: JSON schemas in chats of a model whose tokens fit its template.)
+    chat = {"messages": [{"role": "user", "content": "A cat as JSON"}], "max_tokens": 4,
+            "response_format": {"type": "json_object"}}
+    status, err = request(srv, "POST", "/v1/chat/completions", chat)
+    assert_error(status, err, 400, "invalid_request_error")
+    assert "generation prompt" in err["error"]["message"]
 
 
 SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
@@ -315,11 +324,11 @@ SCHEMA = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "
 
 def test_json_schema(srv):
     # llama.cpp's own converter (from its common library, linked in): OpenAI's spelling and the native one
-    body = {"messages": [{"role": "user", "content": "A colour, as JSON"}], "max_tokens": 200, "temperature": 0,
+    body = {"prompt": "A colour, as JSON", "max_tokens": 200, "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}}
-    status, out = request(srv, "POST", "/v1/chat/completions", body)
+    status, out = request(srv, "POST", "/v1/completions", body)
     assert status == 200 and out["choices"][0]["finish_reason"] == "stop", out
-    value = json.loads(out["choices"][0]["message"]["content"])
+    value = json.loads(out["choices"][0]["text"])
     assert set(value) == {"colour", "ok"} and value["colour"] in ("red", "green", "blue") and value["ok"] in (True, False)
     native = greedy(srv, n=200, json_schema=SCHEMA)     # (whitespace between tokens is bounded)
     assert native["stop_type"] == "eos" and set(json.loads(native["content"])) == {"colour", "ok"}
@@ -462,10 +471,11 @@ def test_v1_chat_completions_and_stream(srv):
     assert ev[-3]["choices"][0]["delta"] == {}
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in ev[1:-3]) == msg["content"]
     assert all(e["object"] == "chat.completion.chunk" for e in ev[:-1])
-    # timings_per_token: every chunk with the timings so far (only the last one without it)
+    # timings_per_token: every chunk with the timings so far, as llama-server: not the role-only first one
     ev = events(srv, "/v1/chat/completions", {"messages": messages, "max_tokens": 12, "temperature": 0, "stream": True,
                                               "timings_per_token": True})
-    assert all(e["timings"]["prompt_n"] == n_prompt for e in ev[:-1])
+    assert "timings" not in ev[0] and ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert all(e["timings"]["prompt_n"] == n_prompt for e in ev[1:-1])
     assert [e["timings"]["predicted_n"] for e in ev[1:-1]] == sorted(e["timings"]["predicted_n"] for e in ev[1:-1])
 
 
@@ -692,13 +702,14 @@ def test_disconnect_stops_generation(srv):
 
 
 def test_cors(srv):
-    """Browser clients on other origins: preflight, then the answer carries the origin (as llama-server)."""
+    """Browser clients on other origins: preflight, then the answer carries the origin, with the
+    values llama-server answers (its defaults: any origin, credentials, these methods, any header)."""
     status, headers = preflight(srv, "/v1/chat/completions")
     assert status == 200
     assert headers["access-control-allow-origin"] == "http://example.test"
     assert headers["access-control-allow-credentials"] == "true"
-    assert "POST" in headers["access-control-allow-methods"]
-    assert "authorization" in headers["access-control-allow-headers"].lower()
+    assert headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
+    assert headers["access-control-allow-headers"] == "*"
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     c.request("GET", "/health", headers={"Origin": "http://example.test"})
     r = c.getresponse()

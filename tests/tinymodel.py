@@ -11,21 +11,31 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+TEMPLATES = os.path.join(VOCABS, "templates")
+
+
+def template(name):
+    """A real model's chat template as llama.cpp ships it for its own tests (models/templates)."""
+    with open(os.path.join(TEMPLATES, name + ".jinja")) as f:
+        return f.read()
+
+
 def vocab_path(name):
     return os.path.join(VOCABS, f"ggml-vocab-{name}.gguf")
 
 
-def copy_tokenizer(writer, vocab_file):
+def copy_tokenizer(writer, vocab_file, extra_tokens=()):
     reader = gguf.GGUFReader(vocab_file)
     f = reader.fields
     writer.add_tokenizer_model(f["tokenizer.ggml.model"].contents())
     if "tokenizer.ggml.pre" in f:
         writer.add_tokenizer_pre(f["tokenizer.ggml.pre"].contents())
-    tokens = f["tokenizer.ggml.tokens"].contents()
+    tokens = f["tokenizer.ggml.tokens"].contents() + list(extra_tokens)
     writer.add_token_list(tokens)
     if "tokenizer.ggml.scores" in f:
-        writer.add_token_scores(f["tokenizer.ggml.scores"].contents())
-    writer.add_token_types(f["tokenizer.ggml.token_type"].contents())
+        writer.add_token_scores(f["tokenizer.ggml.scores"].contents() + [0.0] * len(extra_tokens))
+    # added tokens as a chat template's special words are in real vocabularies: control tokens
+    writer.add_token_types(f["tokenizer.ggml.token_type"].contents() + [gguf.TokenType.CONTROL] * len(extra_tokens))
     if "tokenizer.ggml.merges" in f:
         writer.add_token_merges(f["tokenizer.ggml.merges"].contents())
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id), ("unknown", writer.add_unk_token_id)):
@@ -37,8 +47,9 @@ def copy_tokenizer(writer, vocab_file):
 
 
 def make_tiny_model(path, vocab="llama-spm", arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2,
-                    n_ff=128, n_ctx_train=512, seed=1234):
-    """Write a llama-architecture GGUF with random f32 weights; returns path."""
+                    n_ff=128, n_ctx_train=512, seed=1234, chat_template=CHATML, extra_tokens=()):
+    """Write a llama-architecture GGUF with random f32 weights; returns path. extra_tokens: control
+    tokens appended to the vocabulary (a chat template's <|im_end|>, <tool_call>, ...)."""
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(f"tiny-{arch}-{vocab}")
     writer.add_context_length(n_ctx_train)
@@ -50,8 +61,9 @@ def make_tiny_model(path, vocab="llama-spm", arch="llama", n_embd=64, n_layer=2,
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_chat_template(CHATML)
-    n_vocab = copy_tokenizer(writer, vocab_path(vocab))
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    n_vocab = copy_tokenizer(writer, vocab_path(vocab), extra_tokens)
     rng = np.random.default_rng(seed)
     n_kv = n_embd // n_head * n_head_kv
 

@@ -11,7 +11,7 @@ import time
 import kernel
 import llm
 
-from cllm import chat_page
+from cllm import chat, chat_page
 from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
 from cllm.http import ApiError, StreamResponse, bad_request
 
@@ -67,10 +67,10 @@ def stop_list(body):
     return stop
 
 
-def schema_grammar(body):
-    """The grammar for a JSON schema, as llama-server takes one: `json_schema`, or OpenAI's
-    response_format json_object (an optional `schema`; any object without) or json_schema
-    ({"json_schema": {"schema": ...}}); converted by llama.cpp's own json_schema_to_grammar."""
+def json_schema_of(body):
+    """The JSON schema a request asks its output to follow, as llama-server takes one: `json_schema`,
+    or OpenAI's response_format json_object (an optional `schema`; any object without) or json_schema
+    ({"json_schema": {"schema": ...}}); None if none."""
     schema = body.get("json_schema")
     fmt = field(body, "response_format", dict, None)
     if fmt is not None:
@@ -88,8 +88,17 @@ def schema_grammar(body):
         raise bad_request("Cannot use both json_schema and grammar")
     if not isinstance(schema, dict):
         raise bad_request("a JSON schema must be an object")
+    return schema or {"type": "object"}      # an empty schema means any object
+
+
+def schema_grammar(body):
+    """The grammar for the request's JSON schema (json_schema_of), converted by llama.cpp's own
+    json_schema_to_grammar; None without one."""
+    schema = json_schema_of(body)
+    if schema is None:
+        return None
     try:
-        return llm.json_schema_to_grammar(json.dumps(schema or {"type": "object"}))
+        return llm.json_schema_to_grammar(json.dumps(schema))
     except ValueError as e:
         raise bad_request(str(e))
 
@@ -177,33 +186,23 @@ def n_predict_of(body, default, *names):
     return default
 
 
-def chat_messages(body):
-    """The messages of a chat request as the template takes them: role and text content."""
-    messages = field(body, "messages", list, None)
-    if not messages:
-        raise bad_request("'messages' is required and must be a non-empty array")
-    plain = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request("each message must be an object with a 'role'")
-        content = m.get("content") or ""
-        if isinstance(content, list):       # content parts: only text is understood here
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str):
-            raise bad_request("message 'content' must be a string or an array of text parts")
-        plain.append({"role": m["role"], "content": content})
-    return plain
-
-
-def sampling(body, model, meta):
-    """The sampler's settings: SAMPLING's fields, the grammar (or a JSON schema's), logit_bias, and
-    with ignore_eos every end-of-generation token banned, as llama-server does."""
+def sampling(body, model, meta, chat=None):
+    """The sampler's settings: SAMPLING's fields, the grammar (a JSON schema's, or in a chat the
+    template's: see cllm.chat), logit_bias, and with ignore_eos every end-of-generation token banned,
+    as llama-server does."""
     kw = {}
     for name, kind, default in SAMPLING:
         kw[name] = field(body, name, kind, default)
-    kw["grammar"] = schema_grammar(body) or field(body, "grammar", str, None)
+    if len(field(body, "grammar", str, "")) > MAX_GRAMMAR:
+        raise bad_request("the grammar is longer than {} characters".format(MAX_GRAMMAR))
+    if chat:
+        kw.update(chat.sampling)
+    else:
+        schema = schema_grammar(body)
+        kw["grammar"] = schema or field(body, "grammar", str, None)
+        kw["grammar_type"] = "output_format" if schema else "user"
     if kw["grammar"] and len(kw["grammar"]) > MAX_GRAMMAR:
-        raise bad_request("the grammar (or the JSON schema's) is longer than {} characters".format(MAX_GRAMMAR))
+        raise bad_request("the JSON schema's grammar is longer than {} characters".format(MAX_GRAMMAR))
     kw["logit_bias"] = logit_bias(body, model, meta["n_vocab"])
     if field(body, "ignore_eos", bool, False):
         kw["logit_bias"] = kw["logit_bias"] or {}
@@ -287,8 +286,8 @@ async def all_finished(tasks):
             t.cancel()
 
 
-def stream_of(body, tasks, chunks, last):
-    return StreamResponse(tasks, chunks, last, field(body, "timings_per_token", bool, False))
+def stream_of(body, tasks, chunks, last, progress=None):
+    return StreamResponse(tasks, chunks, last, field(body, "timings_per_token", bool, False), progress)
 
 
 class Api:
@@ -305,6 +304,8 @@ class Api:
         ("POST", ("/completion", "/completions"), "completion"),
         ("POST", ("/v1/completions",), "oai_completions"),
         ("POST", ("/v1/chat/completions", "/chat/completions"), "oai_chat"),
+        ("POST", ("/apply-template",), "apply_template"),
+        ("POST", ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"), "input_tokens"),
         ("GET", ("/slots",), "slots"),
         ("GET", ("/metrics",), "metrics"),
     )
@@ -397,12 +398,29 @@ class Api:
     def oai_logprobs(self, entries):
         return {"content": self.probs_json(entries)} if entries else None
 
-    def params_json(self):
+    def params_json(self, task=None):
+        """generation_settings: the server's defaults, or with a task the settings it runs with."""
         s = self.settings
         p = {name: default for name, kind, default in SAMPLING}
         p.update({"n_predict": s.n_predict, "max_tokens": s.n_predict, "stop": [], "stream": False, "grammar": "",
-                  "n_probs": 0, "ignore_eos": False, "timings_per_token": False,
-                  "cache_prompt": bool(s.cache_prompt)})
+                  "n_probs": 0, "ignore_eos": False, "timings_per_token": False, "logit_bias": [],
+                  "cache_prompt": bool(s.cache_prompt), "chat_format": "Content-only",
+                  "reasoning_format": s.reasoning_format})
+        if task:
+            p.update(task.params)
+        return p
+
+    def task_params(self, body, kw, task, chat):
+        """What params_json(task) shows: the request's own values, as the sampler got them."""
+        p = {name: kw[name] for name, kind, default in SAMPLING}
+        bias = kw.get("logit_bias") or {}
+        p.update({"n_predict": task.n_predict, "max_tokens": task.n_predict, "stop": task.stop,
+                  "stream": field(body, "stream", bool, False), "grammar": kw.get("grammar") or "",
+                  "n_probs": task.n_probs, "ignore_eos": field(body, "ignore_eos", bool, False),
+                  "timings_per_token": field(body, "timings_per_token", bool, False), "cache_prompt": task.cache_prompt,
+                  "logit_bias": [{"bias": "-inf" if b is False else b, "token": t} for t, b in bias.items()]})
+        if chat:
+            p.update(chat.settings)
         return p
 
     def token_text(self, token):
@@ -416,14 +434,19 @@ class Api:
     def prompt_of(self, prompt):
         return prompt_tokens(prompt, self.engine.model, self.engine.meta["n_vocab"])
 
-    def new_task(self, body, tokens, n_predict, n_probs=0):
-        """Validate the sampling fields, build the sampler, queue the task."""
+    def new_task(self, body, tokens, n_predict, n_probs=0, chat=None):
+        """Validate the sampling fields, build the sampler, queue the task (chat: a cllm.chat.ChatRequest)."""
         engine = self.engine
-        kw = sampling(body, engine.model, engine.meta)
+        kw = sampling(body, engine.model, engine.meta, chat)
         try:
             sampler = engine.sampler(**kw)
-            task = Task(tokens, sampler, n_predict, stop_list(body), field(body, "return_tokens", bool, False),
-                        n_probs, field(body, "cache_prompt", bool, bool(self.settings.cache_prompt)))
+            task = Task(tokens, sampler, n_predict, chat.stop if chat else stop_list(body),
+                        field(body, "return_tokens", bool, False), n_probs,
+                        field(body, "cache_prompt", bool, bool(self.settings.cache_prompt)))
+            if chat:
+                task.preserved = chat.preserved
+            task.return_progress = field(body, "return_progress", bool, False) and field(body, "stream", bool, False)
+            task.params = self.task_params(body, kw, task, chat)
             return engine.submit(task)
         except ContextExceeded as e:
             raise ApiError(400, str(e), "exceed_context_size_error", n_prompt_tokens=e.n_prompt_tokens, n_ctx=e.n_ctx)
@@ -432,7 +455,7 @@ class Api:
         except ValueError as e:                 # a bad grammar
             raise bad_request(str(e))
 
-    def choice_tasks(self, body, tokens, n_predict, n_probs):
+    def choice_tasks(self, body, tokens, n_predict, n_probs, chat=None):
         """One task per requested choice (`n`, llama-server's n_cmpl: 1 to the number of slots)."""
         n = field(body, "n", int, 1)
         parallel = self.settings.parallel
@@ -441,7 +464,7 @@ class Api:
         tasks = []
         try:
             for _ in range(n):
-                tasks.append(self.new_task(body, tokens, n_predict, n_probs))
+                tasks.append(self.new_task(body, tokens, n_predict, n_probs, chat))
         except BaseException:
             for t in tasks:
                 t.cancel()
@@ -458,7 +481,7 @@ class Api:
         out = {"index": 0, "content": content, "tokens": task.tokens if task.return_tokens else [],
                "id_slot": task.slot, "stop": True, "model": self.settings.alias,
                "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt),
-               "generation_settings": self.params_json(), "prompt": "", "has_new_line": "\n" in task.text,
+               "generation_settings": self.params_json(task), "prompt": "", "has_new_line": "\n" in task.text,
                "truncated": False, "stop_type": task.stop_type, "stopping_word": task.stopping_word,
                "tokens_cached": tokens_cached(task), "timings": task.timings()}
         if task.probs and not streamed:        # a stream had them in its chunks
@@ -493,14 +516,19 @@ class Api:
     async def props(self, req):
         engine, s = self.engine, self.settings
         meta = engine.meta
-        return {"default_generation_settings": {"params": self.params_json(), "n_ctx": engine.n_ctx_slot},
+        props = {"default_generation_settings": {"params": self.params_json(), "n_ctx": engine.n_ctx_slot},
                 "total_slots": s.parallel, "model_alias": s.alias, "model_path": s.model,
                 "modalities": {"vision": False, "video": False, "audio": False},
                 "endpoint_slots": True, "endpoint_props": False, "endpoint_metrics": True,
-                "chat_template": meta["chat_template"] or "", "bos_token": self.token_text(meta["bos"]),
+                "chat_template": engine.chat.source(), "chat_template_caps": engine.chat.caps(),
+                "bos_token": self.token_text(meta["bos"]),
                 "eos_token": self.token_text(meta["eos"]), "build_info": FINGERPRINT, "is_sleeping": False,
                 "n_ctx": engine.n_ctx, "n_predict": s.n_predict, "queue": s.queue,
                 "api_key_required": bool(s.api_key), "cpu_kernels": llm.cpu_kernels()}
+        tool_use = engine.chat.source("tool_use")
+        if tool_use:
+            props["chat_template_tool_use"] = tool_use
+        return props
 
     # ------------------------------------------------------------ tokens
 
@@ -542,7 +570,10 @@ class Api:
                 if probs:
                     out["completion_probabilities"] = self.probs_json(probs)
                 return [out]
-            return stream_of(body, [task], chunk, lambda: [self.native_final(task, "", True)])
+            def progress(p, i):
+                return [{"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": task.slot,
+                         "tokens_predicted": 0, "tokens_evaluated": len(task.prompt), "prompt_progress": p}]
+            return stream_of(body, [task], chunk, lambda: [self.native_final(task, "", True)], progress)
         return self.native_final(task, await finished(task))
 
     # ------------------------------------------------------------ OpenAI-compatible
@@ -569,7 +600,8 @@ class Api:
                 out[-1].update(usage=usage(*tasks), timings=task.timings())
                 return out + [b"[DONE]"]
             return stream_of(body, tasks, lambda text, i: [self.oai_object(cid, "text_completion", choices=choice(
-                text, i, None, self.oai_logprobs(tasks[i].new_probs())))], last)
+                text, i, None, self.oai_logprobs(tasks[i].new_probs())))], last,
+                lambda p, i: [self.oai_object(cid, "text_completion", choices=choice("", i, None), prompt_progress=p)])
         texts = await all_finished(tasks)
         choices = []
         for i, (t, text) in enumerate(zip(tasks, texts)):
@@ -577,53 +609,13 @@ class Api:
         return self.oai_object(cid, "text_completion", choices=choices, usage=usage(*tasks), timings=task.timings())
 
     async def oai_chat(self, req):
-        body = body_of(req)
-        try:
-            prompt = self.engine.model.apply_chat_template(chat_messages(body))
-        except ValueError as e:
-            raise bad_request(str(e))
-        tasks = self.choice_tasks(body, self.prompt_of(prompt),
-                                  n_predict_of(body, self.settings.n_predict, "n_predict", "max_completion_tokens",
-                                               "max_tokens"), n_probs_of(body, True))
-        task = tasks[0]
-        cid = completion_id("chatcmpl-")
+        return await chat.oai_chat(self, req)
 
-        def chunk(delta, i, reason=None):
-            return self.oai_object(cid, "chat.completion.chunk",
-                                   choices=[{"finish_reason": reason, "index": i, "delta": delta}])
-        if field(body, "stream", bool, False):
-            opened = set()
+    async def apply_template(self, req):
+        return await chat.apply_template(self, req)
 
-            def opening(i):     # each choice's first delta carries the role
-                if i in opened:
-                    return []
-                opened.add(i)
-                return [chunk({"role": "assistant", "content": None}, i)]
-
-            def chunks(text, i):
-                out = chunk({"content": text}, i)
-                probs = tasks[i].new_probs()
-                if probs:
-                    out["choices"][0]["logprobs"] = self.oai_logprobs(probs)
-                return opening(i) + [out]
-
-            def last():
-                out = []
-                for i, t in enumerate(tasks):
-                    out += opening(i) + [chunk({}, i, finish_reason(t))]
-                if include_usage(body):
-                    out.append(self.oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(*tasks)))
-                out[-1]["timings"] = task.timings()
-                return out + [b"[DONE]"]
-            return stream_of(body, tasks, chunks, last)
-        texts = await all_finished(tasks)
-        choices = []
-        for i, (t, text) in enumerate(zip(tasks, texts)):
-            choices.append({"finish_reason": finish_reason(t), "index": i,
-                            "message": {"role": "assistant", "content": text}})
-            if t.probs:
-                choices[-1]["logprobs"] = self.oai_logprobs(t.probs)
-        return self.oai_object(cid, "chat.completion", usage=usage(*tasks), timings=task.timings(), choices=choices)
+    async def input_tokens(self, req):
+        return await chat.input_tokens(self, req)
 
     # ------------------------------------------------------------ slots and metrics
 
@@ -636,7 +628,7 @@ class Api:
             if t:
                 info.update({"id_task": t.id, "n_prompt_tokens": len(t.prompt),
                              "n_prompt_tokens_processed": len(t.prompt) - t.n_cached,
-                             "n_prompt_tokens_cache": t.n_cached, "params": self.params_json(),
+                             "n_prompt_tokens_cache": t.n_cached, "params": self.params_json(t),
                              "next_token": [{"has_next_token": not t.done, "has_new_line": "\n" in t.text,
                                              "n_remain": t.n_predict - len(t.tokens) if t.n_predict >= 0 else -1,
                                              "n_decoded": len(t.tokens)}],

@@ -19,6 +19,14 @@
     max_body=262144   largest request body in bytes (413 beyond)
     timeout=60        seconds a client has to send its whole request (408 beyond; llama-server's --timeout)
     max_headers=64    header lines a request may carry (431 beyond)
+    chat_template=    the chat template in place of the model's: a boot module holding a Jinja template
+                      (/name.jinja) or "chatml" (llama-server's --chat-template-file / --chat-template)
+    reasoning_format=auto  where a thinking model's reasoning goes: auto or deepseek (reasoning_content),
+                      deepseek-legacy (left in content while streaming), none (in content)
+    reasoning=auto    on, off (enable_thinking false for every request) or auto (llama-server's --reasoning)
+    reasoning_budget=-1  thinking tokens allowed before the end tag is forced (-1: no limit)
+    prefill_assistant=1  a last assistant message is continued (0: llama-server's --no-prefill-assistant)
+    verbose=0         1: responses carry llama-server's __verbose debug field
     cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
                       --no-cache-prompt; a request's own cache_prompt wins)
     dashboard=0       leave the VGA screen to the console (default: a status panel on its top rows)
@@ -45,12 +53,19 @@ DEFAULTS = {
     "max_body": 256 * 1024,
     "timeout": 60,
     "max_headers": 64,
+    "chat_template": "",
+    "reasoning_format": "auto",
+    "reasoning": "auto",
+    "reasoning_budget": -1,
+    "prefill_assistant": 1,
+    "verbose": 0,
     "cache_prompt": 1,
     "dashboard": 1,
     "serve": 1,
 }
 
-CHOICES = {"http": ("on", "redirect", "off")}
+CHOICES = {"http": ("on", "redirect", "off"), "reasoning": ("on", "off", "auto"),
+           "reasoning_format": ("auto", "deepseek", "deepseek-legacy", "none")}
 
 
 class Settings:

@@ -9,6 +9,7 @@ import time
 
 import llm
 
+from cllm.chat import templates
 from cllm.log import log
 
 
@@ -84,6 +85,12 @@ class Task:
         self.return_tokens = return_tokens
         self.n_probs = n_probs
         self.cache_prompt = cache_prompt
+        self.preserved = ()             # token ids whose text is kept though special (a tool-call tag)
+        self.params = {}                # the settings it runs with, for generation_settings
+        self.return_progress = False    # note prompt_progress (llama-server's return_progress)
+        self.progress = []              # ... {total, cache, processed, time_ms} as the prompt is read
+        self.progress_sent = 0
+        self.t_start = 0                # ticks_ms when a slot took it
         self.n_cached = 0               # prompt tokens found in the slot's KV cache (not decoded again)
         self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
         self.probs_sent = 0
@@ -154,6 +161,17 @@ class Task:
         self.sent = len(self.text)
         return self.text
 
+    def note_progress(self, processed):
+        if self.return_progress:
+            self.progress.append({"total": len(self.prompt), "cache": self.n_cached, "processed": processed,
+                                  "time_ms": time.ticks_diff(time.ticks_ms(), self.t_start)})
+            self.changed.set()
+
+    def new_progress(self):
+        out = self.progress[self.progress_sent:]
+        self.progress_sent = len(self.progress)
+        return out
+
     def new_probs(self):
         """The probabilities (see probs) not yet handed out."""
         out = self.probs[self.probs_sent:]
@@ -221,6 +239,7 @@ class Engine:
             self.state, self.load_error = "error", e
             raise
         self.meta = self.model.meta()   # fixed once loaded: read it here, not per request
+        self.chat = templates(self.model, s.chat_template)
         self.n_ctx = self.meta["n_ctx"]
         self.n_ctx_slot = self.n_ctx // s.parallel
         self.state = "ready"
@@ -270,6 +289,8 @@ class Engine:
             best.used = self.uses
             best.task = best.last = task
             task.slot = best.id
+            task.t_start = time.ticks_ms()
+            task.note_progress(keep)            # 0 % of what is to read
 
     def _release(self, slot):
         slot.task = None
@@ -386,6 +407,8 @@ class Engine:
                 st["prompt_tokens"] += len(tokens)
             s.cache += tokens
             st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
+            if prompt:
+                task.note_progress(len(s.cache))
             if len(tokens) < len(s.pending):    # a piece of the prompt: the rest in the next steps
                 s.pending = s.pending[len(tokens):]
                 continue
@@ -424,7 +447,7 @@ class Engine:
             task.tokens.append(token)
             slot.pending = [token]
             self.stats["predicted_tokens"] += 1
-            if task.add_piece(model.token_to_piece(token, False)):
+            if task.add_piece(model.token_to_piece(token, token in task.preserved)):
                 task.finish("word")
             elif len(task.tokens) == task.n_predict or len(slot.cache) + 1 >= self.n_ctx_slot:
                 task.finish("limit")

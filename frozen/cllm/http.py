@@ -376,11 +376,14 @@ async def linger(reader, ms=1000, most=1 << 20):
 
 class EventStream:
     """A response body of Server-Sent Events for one or more tasks (the `n` choices of one request):
-    chunks(text, i) for each piece of text of task i as it comes, then last() once all have finished.
-    With timings (llama-server's timings_per_token) every chunk carries its task's timings so far."""
+    chunks(text, i) for each piece of text of task i as it comes (a list of events, maybe none), then
+    last() once all have finished. With timings (llama-server's timings_per_token) the last event of
+    each piece carries its task's timings so far; with progress, each prompt_progress note of a task
+    (its return_progress) is sent as progress(note, i) makes it."""
 
-    def __init__(self, tasks, chunks, last, timings=False):
+    def __init__(self, tasks, chunks, last, timings=False, progress=None):
         self.tasks = tasks
+        self.progress = progress     # progress(p, i): the events of a prompt_progress note of task i
         self.timings = timings
         for t in tasks[1:]:             # one event for all: whichever task has news wakes the stream
             t.changed = tasks[0].changed
@@ -399,12 +402,14 @@ class EventStream:
             news = self.tasks[0].changed
             news.clear()                # before looking, so that nothing set meanwhile is missed
             for i, t in enumerate(self.tasks):
+                if self.progress:
+                    for p in t.new_progress():
+                        self.out += self.progress(p, i)
                 text = t.ready_text()
                 if text:
                     events = self.chunks(text, i)
-                    if self.timings:
-                        for e in events:
-                            e["timings"] = t.timings()
+                    if self.timings and events:     # as llama-server: on the last event of the piece
+                        events[-1]["timings"] = t.timings()
                     self.out += events
             if not self.out:
                 if all(t.done for t in self.tasks):
@@ -426,8 +431,8 @@ class EventStream:
 class StreamResponse(Response):
     """Cancels the generation however the stream ends: finished, client gone, or write error."""
 
-    def __init__(self, tasks, chunks, last, timings=False):
-        events = EventStream(tasks, chunks, last, timings)
+    def __init__(self, tasks, chunks, last, timings=False, progress=None):
+        events = EventStream(tasks, chunks, last, timings, progress)
         Response.__init__(self, events, 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
 
     async def write(self, stream):

@@ -191,12 +191,25 @@ async def console(namespace, first):
             raise SystemExit    # out of asyncio.run and main.py: the soft reboot runs main.py again
 
 
+class LlamaCors(CORS):
+    """CORS as llama-server answers with its defaults (any origin, credentials): every answer echoes
+    the Origin; a preflight (OPTIONS, answered before the API-key gate) also allows the methods
+    "GET, POST, DELETE, OPTIONS", the headers "*" and credentials."""
+
+    def get_cors_headers(self, request):
+        headers = {"Access-Control-Allow-Origin": request.headers.get("Origin", "")}
+        if request.method == "OPTIONS":
+            headers.update({"Access-Control-Allow-Credentials": "true",
+                            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                            "Access-Control-Allow-Headers": "*"})
+        return headers
+
+
 async def main(namespace):
     global app, stopping
     first = engine is None
     app = Server(settings)
-    # As llama-server: any origin, with credentials; preflights (OPTIONS) are answered before the API-key gate.
-    CORS(app, allowed_origins="*", allow_credentials=True)
+    LlamaCors(app)
     prepare_engine()
     Api(app, engine, settings)
     context = tls_context()

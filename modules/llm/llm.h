@@ -12,6 +12,7 @@ struct llama_model;
 struct llama_context;
 struct llama_vocab;
 struct llama_sampler;
+struct common_sampler;
 
 typedef struct {
     mp_obj_base_t base;
@@ -28,7 +29,7 @@ typedef struct {
 
 typedef struct {
     mp_obj_base_t base;
-    struct llama_sampler *chain;
+    struct common_sampler *chain;       // llama.cpp's common sampler
     llm_model_obj_t *model;
 } llm_sampler_obj_t;
 
@@ -41,6 +42,17 @@ typedef struct {
     int remaining;          // tokens still allowed
     int pending;            // the token yielded last, to decode before sampling the next; -1 none
 } llm_generator_obj_t;
+
+typedef struct {
+    mp_obj_base_t base;
+    llm_model_obj_t *model;
+    struct common_chat_templates *tmpls;    // NULL once closed
+} llm_chat_obj_t;
+
+typedef struct {
+    mp_obj_base_t base;
+    struct chat_parse_state *state;         // NULL once closed
+} llm_chat_parser_obj_t;
 
 extern const mp_obj_type_t llm_model_type;
 extern const mp_obj_type_t llm_sampler_type;
@@ -73,6 +85,15 @@ mp_obj_t llm_sampler_close(mp_obj_t self);
 mp_obj_t llm_sampling_defaults(void);
 
 mp_obj_t llm_generator_iternext(mp_obj_t self);
+mp_obj_t llm_chat_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);  // chat.cpp
+mp_obj_t llm_chat_close(mp_obj_t self);
+mp_obj_t llm_chat_caps(mp_obj_t self);
+mp_obj_t llm_chat_source(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_chat_apply(mp_obj_t self, mp_obj_t request);
+mp_obj_t llm_chat_parser_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);
+mp_obj_t llm_chat_parser_close(mp_obj_t self);
+mp_obj_t llm_chat_parser_update(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_chat_parser_message(mp_obj_t self);
 
 mp_obj_t llm_verbose(mp_obj_t on);
 mp_obj_t llm_json_check(size_t n_args, const mp_obj_t *args);     // json_check.cpp

@@ -37,6 +37,10 @@ bool guarded(F body) {
 
 [[noreturn]] void raise_cpp_error(void);
 
+// model.cpp: where llama.cpp's log lines go (an ERROR line into log_error; the console with
+// llm.verbose(True)); common_log.cpp sends its common library's lines there too.
+void log_callback(enum ggml_log_level level, const char *text, void *);
+
 #define GUARD(...) do { if (!guarded([&] { __VA_ARGS__; })) raise_cpp_error(); } while (0)
 
 // model.cpp: a Model argument that is open (and, for decoding, not vocab_only), its batch.
@@ -50,6 +54,10 @@ llama_token token_arg(llm_model_obj_t *m, mp_obj_t o);
 llama_token *tokens_arg(llm_model_obj_t *m, mp_obj_t seq, size_t *n);
 int seq_arg(llm_model_obj_t *m, mp_obj_t o);
 int logits_index(llm_model_obj_t *m, int seq);          // the sequence's logits in the last decode
+
+// sampler.cpp: a Sampler argument that is open (and its model's context), its next token (accepted).
+llm_sampler_obj_t *open_sampler(mp_obj_t self_in);
+llama_token sampler_sample(llm_sampler_obj_t *s, int seq);
 
 struct decode_item {
     int seq;

@@ -34,7 +34,7 @@ void raise_cpp_error(void) {
 
 // llama.cpp's log goes to the console only with llm.verbose(True): its errors come back as
 // exception messages, and its warnings would interleave with the program's own output.
-static void log_callback(enum ggml_log_level level, const char *text, void *) {
+void log_callback(enum ggml_log_level level, const char *text, void *) {
     if (level == GGML_LOG_LEVEL_ERROR) {
         snprintf(log_error, sizeof(log_error), "%s", text);
         size_t n = strlen(log_error);

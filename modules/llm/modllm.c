@@ -1,6 +1,6 @@
 // llm: llama.cpp inside the kernel. The tables here are the module's whole Python API; the
-// functions live in model.cpp (loading a model), llm.cpp (tokens, decoding, sampling) and
-// json_check.cpp.
+// functions live in model.cpp (loading a model), llm.cpp (tokens, decoding), sampler.cpp,
+// chat.cpp and json_check.cpp.
 //
 //   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
@@ -10,8 +10,14 @@
 //   m.probs(seq_id, n, token=None)
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
 //   s = llm.Sampler(m, temperature=, top_k=, top_p=, min_p=, seed=, repeat_penalty=, repeat_last_n=,
-//                   frequency_penalty=, presence_penalty=, grammar=None, grammar_root="root", logit_bias=None)
+//                   frequency_penalty=, presence_penalty=, grammar=None, logit_bias=None, grammar_type="user",
+//                   grammar_lazy=False, triggers=(), generation_prompt="", reasoning_budget=-1,
+//                   reasoning_start="", reasoning_end=(), reasoning_message="")
 //   s.sample(seq_id=0) s.accept(t) s.reset()
+//   c = llm.Chat(m, template=None) c.caps() c.source(variant="") c.apply(request_json) -> {prompt, grammar, ...}
+//   p = llm.ChatParser(format, parser=, generation_prompt=, reasoning_format=, reasoning_in_content=,
+//                      parse_tool_calls=, is_continuation=) p.update(text, partial=True) -> deltas JSON
+//   p.message() -> message JSON
 //   llm.sampling_defaults() (the Sampler's: llama.cpp's, e.g. {"temperature": 0.8, "top_k": 40, ...})
 //   llm.cpu_kernels() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
 //   llm.json_check(data, max_depth=256)
@@ -96,6 +102,44 @@ MP_DEFINE_CONST_OBJ_TYPE(
     locals_dict, &llm_sampler_locals
     );
 
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_chat_close_obj, llm_chat_close);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_chat_caps_obj, llm_chat_caps);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_chat_source_obj, 1, 2, llm_chat_source);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_chat_apply_obj, llm_chat_apply);
+
+static const mp_rom_map_elem_t llm_chat_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_chat_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&llm_chat_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_caps), MP_ROM_PTR(&llm_chat_caps_obj) },
+    { MP_ROM_QSTR(MP_QSTR_source), MP_ROM_PTR(&llm_chat_source_obj) },
+    { MP_ROM_QSTR(MP_QSTR_apply), MP_ROM_PTR(&llm_chat_apply_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_chat_locals, llm_chat_locals_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_chat_type, MP_QSTR_Chat, MP_TYPE_FLAG_NONE,
+    make_new, llm_chat_make_new,
+    locals_dict, &llm_chat_locals
+    );
+
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_chat_parser_close_obj, llm_chat_parser_close);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_chat_parser_update_obj, 2, 3, llm_chat_parser_update);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_chat_parser_message_obj, llm_chat_parser_message);
+
+static const mp_rom_map_elem_t llm_chat_parser_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_chat_parser_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&llm_chat_parser_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_update), MP_ROM_PTR(&llm_chat_parser_update_obj) },
+    { MP_ROM_QSTR(MP_QSTR_message), MP_ROM_PTR(&llm_chat_parser_message_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_chat_parser_locals, llm_chat_parser_locals_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_chat_parser_type, MP_QSTR_ChatParser, MP_TYPE_FLAG_NONE,
+    make_new, llm_chat_parser_make_new,
+    locals_dict, &llm_chat_parser_locals
+    );
+
 MP_DEFINE_CONST_OBJ_TYPE(
     llm_generator_type, MP_QSTR_Generator, MP_TYPE_FLAG_ITER_IS_ITERNEXT,
     iter, llm_generator_iternext
@@ -126,6 +170,8 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_llm) },
     { MP_ROM_QSTR(MP_QSTR_Model), MP_ROM_PTR(&llm_model_type) },
     { MP_ROM_QSTR(MP_QSTR_Sampler), MP_ROM_PTR(&llm_sampler_type) },
+    { MP_ROM_QSTR(MP_QSTR_Chat), MP_ROM_PTR(&llm_chat_type) },
+    { MP_ROM_QSTR(MP_QSTR_ChatParser), MP_ROM_PTR(&llm_chat_parser_type) },
     { MP_ROM_QSTR(MP_QSTR_sampling_defaults), MP_ROM_PTR(&llm_sampling_defaults_obj) },
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
