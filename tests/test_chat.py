@@ -7,13 +7,14 @@ thinking block it says so with logit_bias (a bias of 50 makes a token the likeli
 frequency_penalty 50 (a token used once is not chosen again by its bias): everything after that
 is llama.cpp's own grammar, trigger, reasoning budget and parser at work."""
 import json
+import os
 
 import openai
 import pytest
 
 from qemu import Guest
 from test_server import boot, events, preflight, repl, request
-from tinymodel import make_tiny_model, template
+from tinymodel import TEMPLATES, make_tiny_model, template
 
 QWEN3_TOKENS = ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<think>", "</think>",
                 "<tool_response>", "</tool_response>"]
@@ -75,7 +76,7 @@ def call_bias(g):
 
 
 def chat(g, body, path="/v1/chat/completions"):
-    status, out = request(g, "POST", path, body, timeout=120)
+    status, out = request(g, "POST", path, body, timeout=600)
     assert status == 200, out
     return out
 
@@ -306,15 +307,15 @@ def test_chat_template_from_a_boot_module(models, tmp_path):
         g.close()
 
 
-def boot_with(model, modules, append, log=None):
+def boot_with(model, modules, append, log=None, mem="256M", smp=1):
     from qemu import free_port
     port = free_port()
-    g = Guest(modules=[model] + [str(m) for m in modules], append="n_ctx=1024 parallel=1 " + append, mem="256M",
-              timeout=120, hostfwd=[f"tcp:127.0.0.1:{port}-:80"])
+    g = Guest(modules=[model] + [str(m) for m in modules], append="n_ctx=1024 parallel=1 " + append, mem=mem,
+              timeout=600, hostfwd=[f"tcp:127.0.0.1:{port}-:80"], smp=smp)
     g.port = port
     if log:
-        g.expect(log, timeout=120)
-    g.expect(b"serving on port 80", timeout=120)
+        g.expect(log, timeout=300)
+    g.expect(b"serving on port 80", timeout=300)
     g.wait_prompt()
     return g
 
@@ -356,3 +357,24 @@ def test_cors_preflight_as_llama_server(qwen):
     assert status == 200 and headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
     assert headers["access-control-allow-headers"] == "*" and headers["access-control-allow-credentials"] == "true"
     assert repl(qwen, "1 + 1").strip() == b"2"
+
+
+# ---------------------------------------------------------------- a real model
+
+
+def test_smollm2_tool_call_end_to_end():
+    """SmolLM2-135M-Instruct with a tool-calling template (Qwen2.5's, as a boot module: its own
+    describes no tools) and tool_choice required, its turn begun with "<tool_call>\n": the grammar
+    holds the rest to the schema, and the model itself picks the city the question names."""
+    from test_llm import SMOLLM2
+    assert os.path.exists(SMOLLM2), "SmolLM2 is not fetched: run the tests with `make test`"
+    name = "Qwen-Qwen2.5-7B-Instruct.jinja"
+    g = boot_with(SMOLLM2, [os.path.join(TEMPLATES, name)], "chat_template=/" + name, mem="512M", smp=2)
+    try:
+        history = ASK + [{"role": "assistant", "content": "<tool_call>\n"}]
+        out = chat(g, {"messages": history, "tools": [WEATHER, TIME], "tool_choice": "required",
+                       "parallel_tool_calls": False, "temperature": 0, "max_tokens": 40})
+        (call,) = out["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    finally:
+        g.close()
