@@ -721,7 +721,11 @@ def test_cors(srv):
 def test_metrics_and_slots(srv):
     status, text = request(srv, "GET", "/metrics")
     assert status == 200
-    for name in ("prompt_tokens_total", "tokens_predicted_total", "requests_processing", "requests_deferred"):
+    # every name llama-server exports (no speculative decoding here: its counters stay 0)
+    for name in ("prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total", "tokens_predicted_total",
+                 "tokens_predicted_seconds_total", "n_decode_total", "n_tokens_max", "spec_decode_num_draft_tokens_total",
+                 "spec_decode_num_accepted_tokens_total", "spec_decode_num_drafts_total", "prompt_tokens_seconds",
+                 "predicted_tokens_seconds", "requests_processing", "requests_deferred", "n_busy_slots_per_decode"):
         assert f"# TYPE llamacpp:{name} " in text and f"\nllamacpp:{name} " in text
     status, slots = request(srv, "GET", "/slots")
     assert status == 200 and [s["id"] for s in slots] == [0, 1] and all(s["n_ctx"] == 256 for s in slots)

@@ -1,227 +1,39 @@
-"""The API, in llama.cpp's tools/server shapes: a request's fields as llama-server reads them (each
-function below takes the parsed body, and the model where text becomes tokens, and returns the value
-to use or raises the 400 that says what is wrong), and the routes: its native ones (/completion,
-/tokenize, /props, ...) and the OpenAI-compatible /v1 ones, errors as {"error": {code, message, type}}.
-Api(app, engine, settings) puts them on a Server (cllm.http) for one engine."""
-import json
+"""The API, in llama.cpp's tools/server shapes: its native routes (/completion, /tokenize, /props,
+...) and the OpenAI-compatible /v1 ones (chat in cllm.chat), errors as {"error": {code, message,
+type}}; a request's fields are read by cllm.fields. Api(app, engine, settings) puts them on a
+Server (cllm.http) for one engine."""
 import math
-import random
 import time
 
 import kernel
 import llm
 
-from cllm import chat, chat_page
+from cllm import chat, chat_page, infill
 from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
-from cllm.http import ApiError, StreamResponse, bad_request
-
-# ---------------------------------------------------------------- a request's fields
-
-# llama-server's sampling fields as (name, type, default): llm.Sampler's numeric keywords, whose defaults
-# are llama.cpp's own (common_params_sampling), each field of its default's type
-SAMPLING = tuple((name, type(default), default) for name, default in llm.sampling_defaults().items())
-
-# Past these a request is refused (400) rather than served: each stop string is looked for after every
-# token, each probability reported is a JSON object per token, and a grammar is checked at every token.
-MAX_STOP, MAX_STOP_LEN = 64, 512
-MAX_N_PROBS = 100
-MAX_GRAMMAR = 64 * 1024
-
-
-def body_of(req):
-    """The JSON object of a request body. llama-server's own JSON reader checks it first (llm.json_check:
-    MicroPython's json.loads takes a truncated document and reads commas as whitespace)."""
-    try:
-        text = req.body.decode()
-        llm.json_check(req.body)
-        body = json.loads(text)
-    except ValueError as e:                 # UnicodeError is a ValueError too
-        raise bad_request("Invalid JSON in the request body: {}".format(e))
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
-
-
-def field(body, name, kind, default):
-    value = body.get(name)
-    if value is None:
-        return default
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise bad_request("'{}' must be {}".format(name, {int: "an integer", float: "a number", str: "a string",
-                                                           bool: "a boolean", list: "an array", dict: "an object"}[kind]))
-    return value
-
-
-def stop_list(body):
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise bad_request("'stop' must be a string or an array of strings")
-    if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_LEN for s in stop):
-        raise bad_request("'stop' may hold at most {} strings of at most {} characters".format(MAX_STOP, MAX_STOP_LEN))
-    return stop
-
-
-def json_schema_of(body):
-    """The JSON schema a request asks its output to follow, as llama-server takes one: `json_schema`,
-    or OpenAI's response_format json_object (an optional `schema`; any object without) or json_schema
-    ({"json_schema": {"schema": ...}}); None if none."""
-    schema = body.get("json_schema")
-    fmt = field(body, "response_format", dict, None)
-    if fmt is not None:
-        kind = fmt.get("type")
-        if kind == "json_object":
-            schema = fmt.get("schema", schema if schema is not None else {})
-        elif kind == "json_schema":
-            wrapper = fmt.get("json_schema")
-            schema = wrapper.get("schema", {}) if isinstance(wrapper, dict) else {}
-        elif kind not in (None, "text"):
-            raise bad_request('response_format type must be one of "text", "json_object" or "json_schema"')
-    if schema is None:
-        return None
-    if field(body, "grammar", str, ""):
-        raise bad_request("Cannot use both json_schema and grammar")
-    if not isinstance(schema, dict):
-        raise bad_request("a JSON schema must be an object")
-    return schema or {"type": "object"}      # an empty schema means any object
-
-
-def schema_grammar(body):
-    """The grammar for the request's JSON schema (json_schema_of), converted by llama.cpp's own
-    json_schema_to_grammar; None without one."""
-    schema = json_schema_of(body)
-    if schema is None:
-        return None
-    try:
-        return llm.json_schema_to_grammar(json.dumps(schema))
-    except ValueError as e:
-        raise bad_request(str(e))
-
-
-def logit_bias(body, model, n_vocab):
-    """llama-server's logit_bias: [[token id or text, bias], ...] or {"token id or text": bias}; a
-    bias of false bans the token(s); text stands for each of its tokens. Ids outside the vocabulary
-    are skipped as upstream does; entries of the wrong shape are a 400 here, not skipped. Returns
-    {id: bias or False}, as llm.Sampler takes it (which raises, for Python callers, where this skips)."""
-    value = body.get("logit_bias")
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        pairs = list(value.items())
-    elif isinstance(value, list) and all(isinstance(e, list) and len(e) == 2 for e in value):
-        pairs = value
-    else:
-        raise bad_request("'logit_bias' must be an object or an array of [token, bias] pairs")
-    bias = {}
-    for key, b in pairs:
-        if b is not False and (isinstance(b, bool) or not isinstance(b, (int, float))):
-            raise bad_request("a 'logit_bias' value must be a number or false")
-        if isinstance(key, str):
-            try:
-                key = int(key)
-            except ValueError:
-                pass
-        if isinstance(key, int) and not isinstance(key, bool):
-            tokens = [key] if 0 <= key < n_vocab else []
-        elif isinstance(key, str):
-            tokens = model.tokenize(key, False, False)
-        else:
-            raise bad_request("a 'logit_bias' token must be a token id or a string")
-        for t in tokens:
-            bias[t] = b if b is False else float(b)     # false: never (-inf in the sampler)
-    return bias or None
-
-
-def n_probs_of(body, chat=False):
-    """How many top probabilities to report per token: n_probs (alias logprobs) natively; in chat,
-    OpenAI's logprobs: true with top_logprobs (default 20), as llama-server maps them."""
-    if field(body, "post_sampling_probs", bool, False):
-        raise bad_request("'post_sampling_probs' is not supported; probabilities are before sampling")
-    if chat:
-        if field(body, "logprobs", bool, False):
-            n = field(body, "top_logprobs", int, 20)
-        elif body.get("top_logprobs") is not None:
-            raise bad_request("top_logprobs requires logprobs to be set to true")
-        else:
-            n = 0
-    else:
-        n = field(body, "n_probs", int, None)
-        if n is None:
-            n = field(body, "logprobs", int, 0)
-    if n < 0:
-        raise bad_request("the number of probabilities must not be negative")
-    if n > MAX_N_PROBS:
-        raise bad_request("at most {} probabilities per token may be asked for".format(MAX_N_PROBS))
-    return n
-
-
-def prompt_tokens(prompt, model, n_vocab):
-    """A prompt as llama-server takes it: a string, token ids, or a one-element array of either."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        tokens = model.tokenize(prompt, True, True)
-    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        tokens = prompt
-        # llm checks ids only when it decodes, in one batch with other requests: a bad id is this one's 400
-        for t in tokens:
-            if not 0 <= t < n_vocab:
-                raise bad_request("token id {} in the prompt is out of range (n_vocab {})".format(t, n_vocab))
-    else:
-        raise bad_request("'prompt' must be a string or an array of token ids")
-    if not tokens:
-        raise bad_request("the prompt is empty")
-    return tokens
-
-
-def n_predict_of(body, default, *names):
-    for name in names:
-        if body.get(name) is not None:
-            return field(body, name, int, -1)
-    return default
-
-
-def sampling(body, model, meta, chat=None):
-    """The sampler's settings: SAMPLING's fields, the grammar (a JSON schema's, or in a chat the
-    template's: see cllm.chat), logit_bias, and with ignore_eos every end-of-generation token banned,
-    as llama-server does."""
-    kw = {}
-    for name, kind, default in SAMPLING:
-        kw[name] = field(body, name, kind, default)
-    if len(field(body, "grammar", str, "")) > MAX_GRAMMAR:
-        raise bad_request("the grammar is longer than {} characters".format(MAX_GRAMMAR))
-    if chat:
-        kw.update(chat.sampling)
-    else:
-        schema = schema_grammar(body)
-        kw["grammar"] = schema or field(body, "grammar", str, None)
-        kw["grammar_type"] = "output_format" if schema else "user"
-    if kw["grammar"] and len(kw["grammar"]) > MAX_GRAMMAR:
-        raise bad_request("the JSON schema's grammar is longer than {} characters".format(MAX_GRAMMAR))
-    kw["logit_bias"] = logit_bias(body, model, meta["n_vocab"])
-    if field(body, "ignore_eos", bool, False):
-        kw["logit_bias"] = kw["logit_bias"] or {}
-        for t in meta["eog"]:
-            kw["logit_bias"][t] = False
-    return kw
-
+from cllm.fields import (SAMPLING, all_finished, body_of, completion_id, field, n_predict_of, n_probs_of,
+                         prompt_tokens, prompts_of, response_fields, sampling, stop_list, stream_of, usage)
+from cllm.http import ApiError, bad_request
+from cllm.slots import SlotFiles
 
 # ---------------------------------------------------------------- the routes
 
 FINGERPRINT = "cllm-" + kernel.version
+# llama.cpp's sampler chain, in its default order (common_params_sampling.samplers)
+DEFAULT_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 PUBLIC = ("/health", "/v1/health")
-METRICS = (
-    ("counter", "prompt_tokens_total", "Number of prompt tokens processed", "prompt_tokens"),
+METRICS = (         # llama-server's, with its descriptions; engine.stats' key for each
+    ("counter", "prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens", "prompt_tokens"),
+    ("counter", "prompt_tokens_cached_total", "Number of prompt tokens reused from the cache", "prompt_cached"),
     ("counter", "prompt_seconds_total", "Total time spent processing prompts", "prompt_ms"),
     ("counter", "tokens_predicted_total", "Number of generation tokens processed", "predicted_tokens"),
     ("counter", "tokens_predicted_seconds_total", "Total time spent generating tokens", "predicted_ms"),
-    ("counter", "n_decode_total", "Total number of llama_decode() calls", "decodes"),
+    ("counter", "n_decode_total", "Total number of llama_decode() calls, excluding speculative decoding and "
+     "multimodal decoding", "decodes"),
     ("counter", "n_tokens_max", "Largest observed sequence length (prompt + generation)", "n_tokens_max"),
+    ("counter", "spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated", "draft_tokens"),
+    ("counter", "spec_decode_num_accepted_tokens_total", "Speculative: Total draft tokens accepted by the target model",
+     "draft_accepted"),
+    ("counter", "spec_decode_num_drafts_total", "Speculative: Total speculative decoding verification steps", "drafts"),
 )
 
 
@@ -246,48 +58,8 @@ def tokens_cached(task):
     return len(task.prompt) + max(0, len(task.tokens) - 1)
 
 
-def completion_id(prefix):
-    return prefix + "".join("%08x" % random.getrandbits(32) for _ in range(3))
-
-
 def finish_reason(task):
     return "stop" if task.stop_type in ("eos", "word") else "length"
-
-
-def usage(task, *more):
-    n_prompt, n_gen = len(task.prompt), sum(len(t.tokens) for t in (task,) + more)
-    return {"completion_tokens": n_gen, "prompt_tokens": n_prompt, "total_tokens": n_prompt + n_gen,
-            "prompt_tokens_details": {"cached_tokens": task.n_cached}}
-
-
-def include_usage(body):
-    opts = body.get("stream_options")
-    return isinstance(opts, dict) and opts.get("include_usage") is True
-
-
-async def finished(task):
-    try:
-        return await task.result()
-    except ApiError:
-        raise                   # the answer already (the server was stopped)
-    except Exception as e:
-        raise ApiError(500, str(e), "server_error")
-
-
-async def all_finished(tasks):
-    """The texts of every task; if one fails, the others stop too."""
-    texts = []
-    try:
-        for t in tasks:
-            texts.append(await finished(t))     # (MicroPython has no await in a comprehension)
-        return texts
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-def stream_of(body, tasks, chunks, last, progress=None):
-    return StreamResponse(tasks, chunks, last, field(body, "timings_per_token", bool, False), progress)
 
 
 class Api:
@@ -303,6 +75,7 @@ class Api:
         ("POST", ("/detokenize",), "detokenize"),
         ("POST", ("/completion", "/completions"), "completion"),
         ("POST", ("/v1/completions",), "oai_completions"),
+        ("POST", ("/infill",), "infill"),
         ("POST", ("/v1/chat/completions", "/chat/completions"), "oai_chat"),
         ("POST", ("/apply-template",), "apply_template"),
         ("POST", ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"), "input_tokens"),
@@ -321,6 +94,10 @@ class Api:
             handler = errors_as_json(getattr(self, name))
             for path in paths:
                 app.route(path, methods=[method])(handler)
+        self.slot_files = SlotFiles(engine, settings.slot_save)
+        for i in range(settings.parallel):      # fixed paths (as every route here), one per slot
+            app.route("/slots/{}".format(i), methods=["POST"])(
+                errors_as_json(lambda req, i=i: self.slot_files.action(self, req, i)))
 
     # ------------------------------------------------------------ before and around every route
 
@@ -405,7 +182,8 @@ class Api:
         p.update({"n_predict": s.n_predict, "max_tokens": s.n_predict, "stop": [], "stream": False, "grammar": "",
                   "n_probs": 0, "ignore_eos": False, "timings_per_token": False, "logit_bias": [],
                   "cache_prompt": bool(s.cache_prompt), "chat_format": "Content-only",
-                  "reasoning_format": s.reasoning_format})
+                  "reasoning_format": s.reasoning_format, "samplers": list(DEFAULT_SAMPLERS),
+                  "dry_sequence_breakers": ["\n", ":", "\"", "*"]})
         if task:
             p.update(task.params)
         return p
@@ -418,10 +196,20 @@ class Api:
                   "stream": field(body, "stream", bool, False), "grammar": kw.get("grammar") or "",
                   "n_probs": task.n_probs, "ignore_eos": field(body, "ignore_eos", bool, False),
                   "timings_per_token": field(body, "timings_per_token", bool, False), "cache_prompt": task.cache_prompt,
-                  "logit_bias": [{"bias": "-inf" if b is False else b, "token": t} for t, b in bias.items()]})
+                  "logit_bias": [{"bias": None if b is False else b, "token": t} for t, b in bias.items()]})
+        for name in ("samplers", "dry_sequence_breakers"):
+            if name in kw:
+                p[name] = kw[name]
         if chat:
             p.update(chat.settings)
         return p
+
+    def prompt_text(self, tokens):
+        """A prompt's text as /slots shows it, special tokens written out (as llama-server)."""
+        try:
+            return self.engine.model.detokenize(tokens, False, True)
+        except ValueError:          # a token cut a UTF-8 character: its bytes, not the text
+            return decode_lossy(b"".join(self.engine.model.token_to_piece(t) for t in tokens))
 
     def token_text(self, token):
         if token is None:
@@ -446,6 +234,9 @@ class Api:
             if chat:
                 task.preserved = chat.preserved
             task.return_progress = field(body, "return_progress", bool, False) and field(body, "stream", bool, False)
+            task.t_max_predict_ms = field(body, "t_max_predict_ms", int, -1)
+            id_slot = field(body, "id_slot", int, -1)
+            task.id_slot = id_slot % self.settings.parallel if id_slot >= 0 else -1     # wraps, as upstream
             task.params = self.task_params(body, kw, task, chat)
             return engine.submit(task)
         except ContextExceeded as e:
@@ -461,9 +252,13 @@ class Api:
         parallel = self.settings.parallel
         if not 1 <= n <= parallel:
             raise bad_request("'n' must be between 1 and {} (the server's parallel slots)".format(parallel))
+        return self.tasks_for(body, [tokens] * n, n_predict, n_probs, chat)
+
+    def tasks_for(self, body, prompts, n_predict, n_probs, chat=None):
+        """A task for each prompt, all or none: if one cannot be queued, the others are cancelled."""
         tasks = []
         try:
-            for _ in range(n):
+            for tokens in prompts:
                 tasks.append(self.new_task(body, tokens, n_predict, n_probs, chat))
         except BaseException:
             for t in tasks:
@@ -477,8 +272,8 @@ class Api:
         obj.update(fields)
         return obj
 
-    def native_final(self, task, content, streamed=False):
-        out = {"index": 0, "content": content, "tokens": task.tokens if task.return_tokens else [],
+    def native_final(self, task, content, streamed=False, index=0):
+        out = {"index": index, "content": content, "tokens": task.tokens if task.return_tokens else [],
                "id_slot": task.slot, "stop": True, "model": self.settings.alias,
                "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt),
                "generation_settings": self.params_json(task), "prompt": "", "has_new_line": "\n" in task.text,
@@ -517,14 +312,14 @@ class Api:
         engine, s = self.engine, self.settings
         meta = engine.meta
         props = {"default_generation_settings": {"params": self.params_json(), "n_ctx": engine.n_ctx_slot},
-                "total_slots": s.parallel, "model_alias": s.alias, "model_path": s.model,
-                "modalities": {"vision": False, "video": False, "audio": False},
-                "endpoint_slots": True, "endpoint_props": False, "endpoint_metrics": True,
-                "chat_template": engine.chat.source(), "chat_template_caps": engine.chat.caps(),
-                "bos_token": self.token_text(meta["bos"]),
-                "eos_token": self.token_text(meta["eos"]), "build_info": FINGERPRINT, "is_sleeping": False,
-                "n_ctx": engine.n_ctx, "n_predict": s.n_predict, "queue": s.queue,
-                "api_key_required": bool(s.api_key), "cpu_kernels": llm.cpu_kernels()}
+                 "total_slots": s.parallel, "model_alias": s.alias, "model_path": s.model,
+                 "modalities": {"vision": False, "video": False, "audio": False},
+                 "endpoint_slots": True, "endpoint_props": False, "endpoint_metrics": True,
+                 "chat_template": engine.chat.source(), "chat_template_caps": engine.chat.caps(),
+                 "bos_token": self.token_text(meta["bos"]), "eos_token": self.token_text(meta["eos"]),
+                 "build_info": FINGERPRINT, "is_sleeping": False,
+                 "n_ctx": engine.n_ctx, "n_predict": s.n_predict, "queue": s.queue,
+                 "api_key_required": bool(s.api_key), "cpu_kernels": llm.cpu_kernels()}
         tool_use = engine.chat.source("tool_use")
         if tool_use:
             props["chat_template_tool_use"] = tool_use
@@ -559,22 +354,39 @@ class Api:
     # ------------------------------------------------------------ native completion
 
     async def completion(self, req):
+        """POST /completion: one result, or with several prompts (an array of them) or n_cmpl (alias
+        n) above 1 an array of results, `index` prompt by prompt, n_cmpl each."""
         body = body_of(req)
-        task = self.new_task(body, self.prompt_of(body.get("prompt", "")),
-                             n_predict_of(body, self.settings.n_predict, "n_predict", "max_tokens"), n_probs_of(body))
+        engine = self.engine
+        return await self.complete(body, prompts_of(body.get("prompt", ""), engine.model, engine.meta["n_vocab"]))
+
+    async def complete(self, body, prompts):
+        """The native completion of the prompts' tokens (/completion's, /infill's)."""
+        n = field(body, "n_cmpl", int, None) or field(body, "n", int, 1)
+        if not 1 <= n <= self.settings.parallel:
+            raise bad_request("'n_cmpl' must be between 1 and {} (the server's parallel slots)".format(self.settings.parallel))
+        n_predict = n_predict_of(body, self.settings.n_predict, "n_predict", "max_tokens")
+        tasks = self.tasks_for(body, [p for p in prompts for _ in range(n)], n_predict, n_probs_of(body))
         if field(body, "stream", bool, False):
             def chunk(text, i):
-                out = {"index": 0, "content": text, "tokens": [], "stop": False, "id_slot": task.slot,
-                       "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt)}
-                probs = task.new_probs()
+                t = tasks[i]
+                out = {"index": i, "content": text, "tokens": [], "stop": False, "id_slot": t.slot,
+                       "tokens_predicted": len(t.tokens), "tokens_evaluated": len(t.prompt)}
+                probs = t.new_probs()
                 if probs:
                     out["completion_probabilities"] = self.probs_json(probs)
                 return [out]
+
             def progress(p, i):
-                return [{"index": 0, "content": "", "tokens": [], "stop": False, "id_slot": task.slot,
-                         "tokens_predicted": 0, "tokens_evaluated": len(task.prompt), "prompt_progress": p}]
-            return stream_of(body, [task], chunk, lambda: [self.native_final(task, "", True)], progress)
-        return self.native_final(task, await finished(task))
+                return [{"index": i, "content": "", "tokens": [], "stop": False, "id_slot": tasks[i].slot,
+                         "tokens_predicted": 0, "tokens_evaluated": len(tasks[i].prompt), "prompt_progress": p}]
+
+            def last():
+                return [response_fields(body, self.native_final(t, "", True, i)) for i, t in enumerate(tasks)]
+            return stream_of(body, tasks, chunk, last, progress)
+        texts = await all_finished(tasks)
+        out = [response_fields(body, self.native_final(t, text, False, i)) for i, (t, text) in enumerate(zip(tasks, texts))]
+        return out if len(out) > 1 else out[0]
 
     # ------------------------------------------------------------ OpenAI-compatible
 
@@ -611,6 +423,9 @@ class Api:
     async def oai_chat(self, req):
         return await chat.oai_chat(self, req)
 
+    async def infill(self, req):
+        return await infill.infill(self, req)
+
     async def apply_template(self, req):
         return await chat.apply_template(self, req)
 
@@ -621,6 +436,8 @@ class Api:
 
     async def slots(self, req):
         engine = self.engine
+        if req.args.get("fail_on_no_slot") not in (None, "0", "false") and all(s.task for s in engine.slots):
+            raise ApiError(503, "no slot available", "unavailable_error")
         out = []
         for s in engine.slots:
             info = {"id": s.id, "n_ctx": engine.n_ctx_slot, "speculative": False, "is_processing": s.task is not None}
@@ -632,7 +449,7 @@ class Api:
                              "next_token": [{"has_next_token": not t.done, "has_new_line": "\n" in t.text,
                                              "n_remain": t.n_predict - len(t.tokens) if t.n_predict >= 0 else -1,
                                              "n_decoded": len(t.tokens)}],
-                             "generated": t.text})
+                             "prompt": self.prompt_text(t.prompt), "generated": t.text})
             out.append(info)
         return out
 

@@ -7,6 +7,8 @@ import json
 
 import llm
 
+from cllm.fields import (all_finished, body_of, completion_id, field, include_usage, json_schema_of, n_predict_of,
+                         n_probs_of, stop_list, usage)
 from cllm.http import ApiError, StreamResponse, bad_request
 from cllm.log import log
 
@@ -94,12 +96,11 @@ def tools_of(body):
 
 
 class ChatRequest:
-    """A chat request made ready to generate: the prompt's tokens, the sampler's extra keywords
+    """A chat request made ready to generate: the prompt, the sampler's extra keywords
     (the template's grammar, its triggers, the reasoning budget), the stop words, the tokens whose
     text is kept (a tool-call tag), and how to parse the output."""
 
     def __init__(self, api, body, schema=None):
-        from cllm.api import field, stop_list      # (api imports this module)
         s, engine = api.settings, api.engine
         model, chat = engine.model, engine.chat
         check_messages(body.get("messages"))
@@ -208,8 +209,6 @@ def final_message(parser, text):
 
 async def oai_chat(api, req):
     """POST /v1/chat/completions."""
-    from cllm.api import body_of, field, finished, all_finished, include_usage, json_schema_of, n_predict_of, \
-        n_probs_of, completion_id, usage
     body = body_of(req)
     chat = ChatRequest(api, body, json_schema_of(body))
     n_probs = n_probs_of(body, True)
@@ -277,14 +276,12 @@ async def oai_chat(api, req):
 
 async def apply_template(api, req):
     """POST /apply-template: the prompt the template makes of a chat request, nothing generated."""
-    from cllm.api import body_of, json_schema_of
     body = body_of(req)
     return {"prompt": ChatRequest(api, body, json_schema_of(body)).prompt}
 
 
 async def input_tokens(api, req):
     """POST /v1/chat/completions/input_tokens: how many tokens a chat request's prompt takes."""
-    from cllm.api import body_of, json_schema_of
     body = body_of(req)
     prompt = ChatRequest(api, body, json_schema_of(body)).prompt
     return {"input_tokens": len(api.engine.model.tokenize(prompt, True, True)), "object": "response.input_tokens"}

@@ -27,6 +27,8 @@
     reasoning_budget=-1  thinking tokens allowed before the end tag is forced (-1: no limit)
     prefill_assistant=1  a last assistant message is continued (0: llama-server's --no-prefill-assistant)
     verbose=0         1: responses carry llama-server's __verbose debug field
+    spm_infill=0      1: /infill puts the suffix before the prefix (llama-server's --spm-infill)
+    slot_save=16777216  bytes of the RAM file system /slots that POST /slots/N?action=save writes (0: off)
     cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
                       --no-cache-prompt; a request's own cache_prompt wins)
     dashboard=0       leave the VGA screen to the console (default: a status panel on its top rows)
@@ -59,6 +61,8 @@ DEFAULTS = {
     "reasoning_budget": -1,
     "prefill_assistant": 1,
     "verbose": 0,
+    "spm_infill": 0,
+    "slot_save": 16 * 1024 * 1024,
     "cache_prompt": 1,
     "dashboard": 1,
     "serve": 1,

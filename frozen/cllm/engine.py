@@ -91,6 +91,8 @@ class Task:
         self.progress = []              # ... {total, cache, processed, time_ms} as the prompt is read
         self.progress_sent = 0
         self.t_start = 0                # ticks_ms when a slot took it
+        self.id_slot = -1               # the slot it must run in (llama-server's id_slot), or -1: any
+        self.t_max_predict_ms = -1      # past this much generating, stop at a newline (llama-server's)
         self.n_cached = 0               # prompt tokens found in the slot's KV cache (not decoded again)
         self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
         self.probs_sent = 0
@@ -227,9 +229,10 @@ class Engine:
         self.uses = 0
         self.wake = asyncio.Event()
         self.ms_per_token = (None, None)    # decode cost of a generated token, of a prompt token
-        self.stats = {"prompt_tokens": 0, "prompt_ms": 0.0, "predicted_tokens": 0, "predicted_ms": 0.0,
-                      "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0, "n_tokens_max": 0,
-                      "restarts": 0}
+        self.decoding = False
+        self.stats = {"prompt_tokens": 0, "prompt_cached": 0, "prompt_ms": 0.0, "predicted_tokens": 0,
+                      "predicted_ms": 0.0, "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0,
+                      "n_tokens_max": 0, "restarts": 0, "draft_tokens": 0, "draft_accepted": 0, "drafts": 0}
 
     def load(self):
         s = self.settings
@@ -268,13 +271,21 @@ class Engine:
         """Waiting tasks to free slots: the slot whose cache shares the longest start with the
         prompt (llama-server's cache_prompt), else the least recently used; only the rest of the
         prompt is decoded (at least its last token, for the logits)."""
-        while self.waiting:
+        i = 0
+        while i < len(self.waiting):
             free = [s for s in self.slots if s.task is None]
             if not free:
                 return
-            task = self.waiting.pop(0)
+            task = self.waiting[i]
             if task.cancelled:
+                self.waiting.pop(i)
                 continue
+            if task.id_slot >= 0:               # that slot only; the tasks behind it go on meanwhile
+                free = [s for s in free if s.id == task.id_slot]
+                if not free:
+                    i += 1
+                    continue
+            self.waiting.pop(i)
             best, keep = None, -1
             for slot in free:
                 n = common_prefix(slot.cache, task.prompt) if task.cache_prompt else 0
@@ -285,6 +296,7 @@ class Engine:
             del best.cache[keep:]
             best.pending = task.prompt[keep:]
             task.n_cached = keep
+            self.stats["prompt_cached"] += keep
             self.uses += 1
             best.used = self.uses
             best.task = best.last = task
@@ -350,8 +362,12 @@ class Engine:
         writes) runs meanwhile, on CPU 0 in turn with it when no other CPU is free."""
         model = self.model
         model.decode_start(items)
-        while not model.decode_done():
-            await asyncio.sleep_ms(self.POLL_MS)
+        self.decoding = True                # the KV cache is the decoder's until it is done
+        try:
+            while not model.decode_done():
+                await asyncio.sleep_ms(self.POLL_MS)
+        finally:
+            self.decoding = False
 
     def prefill_chunk(self, busy):
         """How many prompt tokens a slot decodes in this step. Alone, all of them (in n_batch pieces
@@ -447,8 +463,11 @@ class Engine:
             task.tokens.append(token)
             slot.pending = [token]
             self.stats["predicted_tokens"] += 1
-            if task.add_piece(model.token_to_piece(token, token in task.preserved)):
+            piece = model.token_to_piece(token, token in task.preserved)
+            if task.add_piece(piece):
                 task.finish("word")
+            elif b"\n" in piece and 0 < task.t_max_predict_ms < task.predicted_ms:
+                task.finish("limit")            # as llama-server: past the time, at a newline
             elif len(task.tokens) == task.n_predict or len(slot.cache) + 1 >= self.n_ctx_slot:
                 task.finish("limit")
         if task.done:

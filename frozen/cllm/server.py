@@ -27,11 +27,14 @@ stopping = None         # an asyncio.Event while serving
 
 
 def stats():
-    """What the server is doing: state, slots, queue, token counts, heap; with HTTPS, its connections
-    open and refused (tls_conns) and mbedtls' memory."""
+    """What the server is doing: state, slots, queue, token counts, heap, the saved slots' files
+    (slot_save); with HTTPS, its connections open and refused (tls_conns) and mbedtls' memory."""
     out = {"state": engine.state if stopping else "stopped", "slots_busy": len(engine.busy_slots()),
            "slots": len(engine.slots), "waiting": len(engine.waiting), "heap_free": kernel.heap_free()}
     out.update(engine.stats)
+    from cllm import slots
+    if slots.files:
+        out["slot_files"] = {"files": len(slots.files.files), "bytes": slots.files.used(), "limit": slots.files.limit}
     if app and app.tls == "on":
         import tlsport
         out["tls"] = {"open": app.tls_open, "refused": app.tls_refused, "memory": tlsport.memory()}

@@ -423,6 +423,42 @@ mp_obj_t llm_model_seq_pos(mp_obj_t self_in, mp_obj_t seq) {
     return MP_OBJ_NEW_SMALL_INT(next_pos(self, seq_arg(self, seq)));
 }
 
+// state_get(seq_id) -> bytes: the sequence's KV cells as llama_state_seq_get_data writes them (what
+// llama_state_seq_save_file puts after its header and the tokens)
+mp_obj_t llm_model_state_get(mp_obj_t self_in, mp_obj_t seq_in) {
+    llm_model_obj_t *m = open_context(self_in);
+    int seq = seq_arg(m, seq_in);
+    size_t n = 0, got = 0;
+    GUARD(n = llama_state_seq_get_size(m->ctx, seq));
+    vstr_t data;
+    vstr_init_len(&data, n);                    // MemoryError here, before llama.cpp writes
+    GUARD(got = llama_state_seq_get_data(m->ctx, (uint8_t *)data.buf, n, seq));
+    if (got != n) {
+        mp_raise_msg(&mp_type_RuntimeError, MP_ERROR_TEXT("llama.cpp wrote less sequence state than it said"));
+    }
+    return mp_obj_new_bytes_from_vstr(&data);
+}
+
+// state_set(seq_id, data) -> bytes read: the sequence's cells replaced by state_get's data. Data
+// llama.cpp refuses (another model's, truncated, more cells than are free) is a ValueError and
+// leaves the sequence empty.
+mp_obj_t llm_model_state_set(mp_obj_t self_in, mp_obj_t seq_in, mp_obj_t data_in) {
+    llm_model_obj_t *m = open_context(self_in);
+    int seq = seq_arg(m, seq_in);
+    mp_buffer_info_t buf;
+    mp_get_buffer_raise(data_in, &buf, MP_BUFFER_READ);
+    size_t n = 0;
+    log_error[0] = 0;
+    bool ok = guarded([&] { n = llama_state_seq_set_data(m->ctx, (const uint8_t *)buf.buf, buf.len, seq); });
+    if (!ok || n == 0) {
+        GUARD(llama_memory_seq_rm(llama_get_memory(m->ctx), seq, -1, -1));
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("cannot restore the sequence: %s"),
+                          log_error[0] ? log_error : ok ? "llama.cpp refused the data" : cpp_error);
+    }
+    m->logits_index[seq] = -1;
+    return mp_obj_new_int_from_uint(n);
+}
+
 // kv_remove(seq_id=-1, p0=0, p1=-1): drop positions [p0, p1) of a sequence (-1: all sequences / to the end)
 mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args) {
     llm_model_obj_t *self = open_context(args[0]);

@@ -75,6 +75,8 @@ mp_obj_t llm_model_seq_pos(mp_obj_t self, mp_obj_t seq);
 mp_obj_t llm_model_probs(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_json_schema_to_grammar(mp_obj_t schema);
 mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_model_state_get(mp_obj_t self, mp_obj_t seq);
+mp_obj_t llm_model_state_set(mp_obj_t self, mp_obj_t seq, mp_obj_t data);
 mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
 
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);

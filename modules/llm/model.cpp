@@ -333,12 +333,19 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     dict_int(d, "n_params", (long long)llama_model_n_params(self->model));
     dict_int(d, "size", (long long)llama_model_size(self->model));
     dict_int(d, "n_seq", self->n_seq);
+    dict_int(d, "n_batch", self->n_batch);
     dict_int(d, "n_threads", self->ctx ? llama_n_threads(self->ctx) : 0);
     dict_str(d, "chat_template", llama_model_chat_template(self->model, nullptr));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_bos), token_or_none(llama_vocab_bos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eos), token_or_none(llama_vocab_eos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eot), token_or_none(llama_vocab_eot(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_bos), mp_obj_new_bool(llama_vocab_get_add_bos(self->vocab)));
+    // fill-in-the-middle tokens, None where the vocabulary has none (as /infill needs them)
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_pre), token_or_none(llama_vocab_fim_pre(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_suf), token_or_none(llama_vocab_fim_suf(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_mid), token_or_none(llama_vocab_fim_mid(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_rep), token_or_none(llama_vocab_fim_rep(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_sep), token_or_none(llama_vocab_fim_sep(self->vocab)));
     mp_obj_t eog = mp_obj_new_list(0, nullptr);     // every end-of-generation token (eos, eot, eom, ...)
     for (llama_token t = 0; t < llama_vocab_n_tokens(self->vocab); t++) {
         if (llama_vocab_is_eog(self->vocab, t)) {

@@ -28,19 +28,46 @@ static mp_obj_t decimal(float f) {
     return mp_obj_new_float(strtod(text, nullptr));
 }
 
+// The numeric keywords, as llama-server's request fields name them, and where each goes
+struct real_field { qstr name; float common_params_sampling::*field; };
+struct int_field { qstr name; int32_t common_params_sampling::*field; };
+static const real_field reals[] = {
+    { MP_QSTR_temperature, &common_params_sampling::temp },
+    { MP_QSTR_top_p, &common_params_sampling::top_p },
+    { MP_QSTR_min_p, &common_params_sampling::min_p },
+    { MP_QSTR_typical_p, &common_params_sampling::typ_p },
+    { MP_QSTR_top_n_sigma, &common_params_sampling::top_n_sigma },
+    { MP_QSTR_xtc_probability, &common_params_sampling::xtc_probability },
+    { MP_QSTR_xtc_threshold, &common_params_sampling::xtc_threshold },
+    { MP_QSTR_dynatemp_range, &common_params_sampling::dynatemp_range },
+    { MP_QSTR_dynatemp_exponent, &common_params_sampling::dynatemp_exponent },
+    { MP_QSTR_repeat_penalty, &common_params_sampling::penalty_repeat },
+    { MP_QSTR_frequency_penalty, &common_params_sampling::penalty_freq },
+    { MP_QSTR_presence_penalty, &common_params_sampling::penalty_present },
+    { MP_QSTR_dry_multiplier, &common_params_sampling::dry_multiplier },
+    { MP_QSTR_dry_base, &common_params_sampling::dry_base },
+    { MP_QSTR_mirostat_tau, &common_params_sampling::mirostat_tau },
+    { MP_QSTR_mirostat_eta, &common_params_sampling::mirostat_eta },
+};
+static const int_field ints[] = {
+    { MP_QSTR_top_k, &common_params_sampling::top_k },
+    { MP_QSTR_min_keep, &common_params_sampling::min_keep },
+    { MP_QSTR_repeat_last_n, &common_params_sampling::penalty_last_n },
+    { MP_QSTR_dry_allowed_length, &common_params_sampling::dry_allowed_length },
+    { MP_QSTR_dry_penalty_last_n, &common_params_sampling::dry_penalty_last_n },
+    { MP_QSTR_mirostat, &common_params_sampling::mirostat },
+};
+
 // sampling_defaults() -> {keyword: value}: the defaults of Sampler's numeric keywords
 mp_obj_t llm_sampling_defaults(void) {
-    mp_obj_t d = mp_obj_new_dict(9);
-    auto store = [&](qstr name, mp_obj_t value) { mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(name), value); };
-    store(MP_QSTR_temperature, decimal(defaults.temp));
-    store(MP_QSTR_top_k, mp_obj_new_int(defaults.top_k));
-    store(MP_QSTR_top_p, decimal(defaults.top_p));
-    store(MP_QSTR_min_p, decimal(defaults.min_p));
-    store(MP_QSTR_seed, mp_obj_new_int(python_seed(defaults.seed)));
-    store(MP_QSTR_repeat_penalty, decimal(defaults.penalty_repeat));
-    store(MP_QSTR_repeat_last_n, mp_obj_new_int(defaults.penalty_last_n));
-    store(MP_QSTR_frequency_penalty, decimal(defaults.penalty_freq));
-    store(MP_QSTR_presence_penalty, decimal(defaults.penalty_present));
+    mp_obj_t d = mp_obj_new_dict(0);
+    for (const auto &f : reals) {
+        mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(f.name), decimal(defaults.*f.field));
+    }
+    for (const auto &f : ints) {
+        mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(f.name), mp_obj_new_int(defaults.*f.field));
+    }
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_seed), mp_obj_new_int(python_seed(defaults.seed)));
     return d;
 }
 
@@ -56,129 +83,155 @@ static void tokens_of(llm_model_obj_t *m, mp_obj_t text, std::vector<llama_token
     }
 }
 
-// Sampler(model, *, temperature, top_k, top_p, min_p, seed, repeat_penalty, repeat_last_n,
-//         frequency_penalty, presence_penalty, grammar=None, logit_bias=None,
-//         grammar_type="user", grammar_lazy=False, triggers=(), generation_prompt="",
-//         reasoning_budget=-1, reasoning_start="", reasoning_end=(), reasoning_message=""):
-//   the numbers' defaults are llama.cpp's (sampling_defaults()). temperature <= 0 means greedy, a
-//   negative seed a random one. grammar_type "tool_calls" or "output_format" (a chat template's or
-//   a JSON schema's grammar) first feeds the grammar generation_prompt, the text the prompt already
-//   ends with; a lazy grammar applies from the first trigger: (0, token text, id) (1, word)
+static void add_bias(llm_model_obj_t *m, mp_obj_t lb) {     // {token: bias} or [(token, bias)]
+    mp_obj_t items = mp_obj_is_dict_or_ordereddict(lb) ? mp_call_function_0(mp_load_attr(lb, MP_QSTR_items)) : lb;
+    mp_obj_t iter = mp_getiter(items, nullptr), item;
+    while ((item = mp_iternext(iter)) != MP_OBJ_STOP_ITERATION) {
+        mp_obj_t *pair;
+        mp_obj_get_array_fixed_n(item, 2, &pair);
+        llama_logit_bias b = { token_arg(m, pair[0]), pair[1] == mp_const_false ? -INFINITY : (float)mp_obj_get_float(pair[1]) };
+        GUARD(params.logit_bias.push_back(b));
+    }
+}
+
+static void add_trigger(llm_model_obj_t *m, mp_obj_t item) {
+    size_t n;
+    mp_obj_t *f;
+    mp_obj_get_array(item, &n, &f);
+    mp_int_t kind = n >= 2 ? mp_obj_get_int(f[0]) : -1;
+    if (kind < COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN || kind > COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL
+        || (kind == COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN && n != 3)) {
+        mp_raise_ValueError(MP_ERROR_TEXT("a trigger is (type, text) or (type, text, token)"));
+    }
+    llama_token token = n == 3 ? token_arg(m, f[2]) : LLAMA_TOKEN_NULL;
+    const char *value = mp_obj_str_get_str(f[1]);
+    GUARD(
+        common_grammar_trigger trigger;
+        trigger.type = (common_grammar_trigger_type)kind;
+        trigger.value = value;
+        trigger.token = token;
+        params.grammar_triggers.push_back(trigger));
+}
+
+// A list of str as a std::vector, each element checked first
+static void strings(mp_obj_t list, std::vector<std::string> &out) {
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(list, &n, &items);
+    for (size_t i = 0; i < n; i++) {
+        mp_obj_str_get_str(items[i]);
+    }
+    GUARD(out.clear());
+    for (size_t i = 0; i < n; i++) {
+        const char *s = mp_obj_str_get_str(items[i]);
+        GUARD(out.emplace_back(s));
+    }
+}
+
+static void samplers_arg(mp_obj_t order) {        // ["top_k", "temperature", ...] or "kt..."
+    static std::vector<std::string> names;
+    bool chars = mp_obj_is_str(order);
+    const char *text = chars ? mp_obj_str_get_str(order) : "";
+    if (!chars) {
+        strings(order, names);
+    }
+    GUARD(params.samplers = chars ? common_sampler_types_from_chars(text) : common_sampler_types_from_names(names);
+          names.clear());
+}
+
+// Sampler(model, **keywords). Numbers, with llama.cpp's defaults (sampling_defaults()):
+//   temperature (<= 0: greedy), top_k, top_p, min_p, typical_p, top_n_sigma, xtc_probability,
+//   xtc_threshold, dynatemp_range, dynatemp_exponent, repeat_penalty, repeat_last_n,
+//   frequency_penalty, presence_penalty, dry_multiplier, dry_base, dry_allowed_length,
+//   dry_penalty_last_n, mirostat (0, 1, 2), mirostat_tau, mirostat_eta, min_keep, seed (negative:
+//   a random one). Also dry_sequence_breakers=[str], samplers=[name] or "chars" (the chain's order,
+//   common_sampler_types_from_names/_chars), logit_bias={token: bias or False}, grammar=GBNF and
+//   grammar_type="user"; "tool_calls" or "output_format" (a chat template's or a JSON schema's
+//   grammar) first feeds the grammar generation_prompt, the text the prompt already ends with;
+//   grammar_lazy=True applies it from the first of triggers: (0, token text, id) (1, word)
 //   (2, pattern) (3, full pattern), as common_grammar_trigger. reasoning_budget >= 0 ends a
 //   thinking block (begun by reasoning_start) after that many tokens with reasoning_message and the
 //   first of reasoning_end.
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_model, ARG_temperature, ARG_top_k, ARG_top_p, ARG_min_p, ARG_seed, ARG_repeat_penalty,
-           ARG_repeat_last_n, ARG_frequency_penalty, ARG_presence_penalty, ARG_grammar, ARG_logit_bias,
-           ARG_grammar_type, ARG_grammar_lazy, ARG_triggers, ARG_generation_prompt, ARG_reasoning_budget,
-           ARG_reasoning_start, ARG_reasoning_end, ARG_reasoning_message };
-    static const mp_arg_t allowed[] = {
-        { MP_QSTR_model, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_temperature, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_top_k, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_top_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_min_p, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_seed, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_repeat_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_repeat_last_n, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_frequency_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_presence_penalty, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
-        { MP_QSTR_grammar, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_logit_bias, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_grammar_type, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_grammar_lazy, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
-        { MP_QSTR_triggers, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_generation_prompt, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_reasoning_budget, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = -1} },
-        { MP_QSTR_reasoning_start, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_reasoning_end, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-        { MP_QSTR_reasoning_message, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
-    };
-    mp_arg_val_t args[MP_ARRAY_SIZE(allowed)];
-    mp_arg_parse_all_kw_array(n_args, n_kw, all_args, MP_ARRAY_SIZE(allowed), allowed, args);
-    if (!mp_obj_is_type(args[ARG_model].u_obj, &llm_model_type)) {
+    mp_arg_check_num(n_args, n_kw, 1, 1, true);
+    if (!mp_obj_is_type(all_args[0], &llm_model_type)) {
         mp_raise_TypeError(MP_ERROR_TEXT("first argument must be an llm.Model"));
     }
-    llm_model_obj_t *m = has_context(args[ARG_model].u_obj);
-    auto real = [&](int i, float dflt) {
-        return args[i].u_obj == MP_OBJ_NULL ? dflt : (float)mp_obj_get_float(args[i].u_obj);
-    };
-    auto integer = [&](int i, mp_int_t dflt) {
-        return args[i].u_obj == MP_OBJ_NULL ? dflt : mp_obj_get_int(args[i].u_obj);
-    };
-    auto text = [&](int i) { return args[i].u_obj == mp_const_none ? "" : mp_obj_str_get_str(args[i].u_obj); };
-
+    llm_model_obj_t *m = has_context(all_args[0]);
     GUARD(params = common_params_sampling());
     params.no_perf = true;
-    params.temp = real(ARG_temperature, defaults.temp);
-    params.top_k = integer(ARG_top_k, defaults.top_k);
-    params.top_p = real(ARG_top_p, defaults.top_p);
-    params.min_p = real(ARG_min_p, defaults.min_p);
-    params.penalty_repeat = real(ARG_repeat_penalty, defaults.penalty_repeat);
-    params.penalty_last_n = integer(ARG_repeat_last_n, defaults.penalty_last_n);
-    params.penalty_freq = real(ARG_frequency_penalty, defaults.penalty_freq);
-    params.penalty_present = real(ARG_presence_penalty, defaults.penalty_present);
-    mp_int_t seed = integer(ARG_seed, python_seed(defaults.seed));
-    params.seed = seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)seed;
-
-    // logit_bias: {token: bias} or [(token, bias)]
-    mp_obj_t lb = args[ARG_logit_bias].u_obj;
-    if (lb != mp_const_none) {
-        mp_obj_t items = mp_obj_is_dict_or_ordereddict(lb) ? mp_call_function_0(mp_load_attr(lb, MP_QSTR_items)) : lb;
-        mp_obj_t iter = mp_getiter(items, nullptr), item;
-        while ((item = mp_iternext(iter)) != MP_OBJ_STOP_ITERATION) {
-            mp_obj_t *pair;
-            mp_obj_get_array_fixed_n(item, 2, &pair);
-            llama_logit_bias b = { token_arg(m, pair[0]), pair[1] == mp_const_false ? -INFINITY : (float)mp_obj_get_float(pair[1]) };
-            GUARD(params.logit_bias.push_back(b));
+    mp_obj_t grammar = mp_const_none, grammar_type = mp_const_none, gen_prompt = mp_const_none;
+    mp_obj_t reasoning_end = mp_const_none, reasoning_message = mp_const_none;
+    for (size_t i = 0; i < n_kw; i++) {
+        qstr name = mp_obj_str_get_qstr(all_args[1 + 2 * i]);
+        mp_obj_t value = all_args[2 + 2 * i];
+        bool known = false;
+        for (const auto &f : reals) {
+            if (f.name == name) {
+                params.*f.field = (float)mp_obj_get_float(value);
+                known = true;
+            }
+        }
+        for (const auto &f : ints) {
+            if (f.name == name) {
+                params.*f.field = (int32_t)mp_obj_get_int(value);
+                known = true;
+            }
+        }
+        if (known || value == mp_const_none) {
+            continue;
+        }
+        switch (name) {
+            case MP_QSTR_seed: {
+                mp_int_t seed = mp_obj_get_int(value);
+                params.seed = seed < 0 ? LLAMA_DEFAULT_SEED : (uint32_t)seed;
+                break;
+            }
+            case MP_QSTR_logit_bias: add_bias(m, value); break;
+            case MP_QSTR_grammar: grammar = value; break;
+            case MP_QSTR_grammar_type: grammar_type = value; break;
+            case MP_QSTR_grammar_lazy: params.grammar_lazy = mp_obj_is_true(value); break;
+            case MP_QSTR_triggers: {
+                mp_obj_t iter = mp_getiter(value, nullptr), item;
+                while ((item = mp_iternext(iter)) != MP_OBJ_STOP_ITERATION) {
+                    add_trigger(m, item);
+                }
+                break;
+            }
+            case MP_QSTR_generation_prompt: gen_prompt = value; break;
+            case MP_QSTR_reasoning_budget: params.reasoning_budget_tokens = mp_obj_get_int(value); break;
+            case MP_QSTR_reasoning_start: GUARD(tokens_of(m, value, params.reasoning_budget_start)); break;
+            case MP_QSTR_reasoning_end: reasoning_end = value; break;
+            case MP_QSTR_reasoning_message: reasoning_message = value; break;
+            case MP_QSTR_dry_sequence_breakers: strings(value, params.dry_sequence_breakers); break;
+            case MP_QSTR_samplers: samplers_arg(value); break;
+            default:
+                mp_raise_msg_varg(&mp_type_TypeError, MP_ERROR_TEXT("unexpected keyword argument '%q'"), name);
         }
     }
-    if (args[ARG_grammar].u_obj != mp_const_none) {
-        const char *kind = args[ARG_grammar_type].u_obj == mp_const_none ? "user" : mp_obj_str_get_str(args[ARG_grammar_type].u_obj);
+    if (grammar != mp_const_none) {
+        const char *kind = grammar_type == mp_const_none ? "user" : mp_obj_str_get_str(grammar_type);
         common_grammar_type t = !strcmp(kind, "user") ? COMMON_GRAMMAR_TYPE_USER
             : !strcmp(kind, "tool_calls") ? COMMON_GRAMMAR_TYPE_TOOL_CALLS
             : !strcmp(kind, "output_format") ? COMMON_GRAMMAR_TYPE_OUTPUT_FORMAT : COMMON_GRAMMAR_TYPE_NONE;
         if (t == COMMON_GRAMMAR_TYPE_NONE) {
             mp_raise_ValueError(MP_ERROR_TEXT("grammar_type must be 'user', 'tool_calls' or 'output_format'"));
         }
-        const char *g = mp_obj_str_get_str(args[ARG_grammar].u_obj);
+        const char *g = mp_obj_str_get_str(grammar);
         if (*g) {
             GUARD(params.grammar = common_grammar(t, g));
-        }
-    }
-    params.grammar_lazy = args[ARG_grammar_lazy].u_bool;
-    if (args[ARG_triggers].u_obj != mp_const_none) {
-        mp_obj_t iter = mp_getiter(args[ARG_triggers].u_obj, nullptr), item;
-        while ((item = mp_iternext(iter)) != MP_OBJ_STOP_ITERATION) {
-            size_t n;
-            mp_obj_t *f;
-            mp_obj_get_array(item, &n, &f);
-            mp_int_t kind = n >= 2 ? mp_obj_get_int(f[0]) : -1;
-            if (kind < COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN || kind > COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL
-                || (kind == COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN && n != 3)) {
-                mp_raise_ValueError(MP_ERROR_TEXT("a trigger is (type, text) or (type, text, token)"));
-            }
-            llama_token token = n == 3 ? token_arg(m, f[2]) : LLAMA_TOKEN_NULL;
-            const char *value = mp_obj_str_get_str(f[1]);
-            GUARD(
-                common_grammar_trigger trigger;
-                trigger.type = (common_grammar_trigger_type)kind;
-                trigger.value = value;
-                trigger.token = token;
-                params.grammar_triggers.push_back(trigger));
         }
     }
     if (params.grammar_lazy && params.grammar_triggers.empty()) {
         mp_raise_ValueError(MP_ERROR_TEXT("a lazy grammar needs triggers"));
     }
-    const char *gen_prompt = text(ARG_generation_prompt);
-    GUARD(params.generation_prompt = gen_prompt);
-    params.reasoning_budget_tokens = args[ARG_reasoning_budget].u_int;
-    if (args[ARG_reasoning_start].u_obj != mp_const_none) {
-        GUARD(tokens_of(m, args[ARG_reasoning_start].u_obj, params.reasoning_budget_start));
+    if (params.mirostat < 0 || params.mirostat > 2) {
+        mp_raise_ValueError(MP_ERROR_TEXT("mirostat must be 0, 1 or 2"));
     }
-    if (args[ARG_reasoning_end].u_obj != mp_const_none) {
-        mp_obj_t iter = mp_getiter(args[ARG_reasoning_end].u_obj, nullptr), item;
+    const char *gen = gen_prompt == mp_const_none ? "" : mp_obj_str_get_str(gen_prompt);
+    GUARD(params.generation_prompt = gen);
+    if (reasoning_end != mp_const_none) {
+        mp_obj_t iter = mp_getiter(reasoning_end, nullptr), item;
         while ((item = mp_iternext(iter)) != MP_OBJ_STOP_ITERATION) {
             if (*mp_obj_str_get_str(item)) {
                 GUARD(params.reasoning_budget_end.emplace_back(); tokens_of(m, item, params.reasoning_budget_end.back()));
@@ -186,9 +239,9 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         }
         if (!params.reasoning_budget_end.empty()) {
             GUARD(params.reasoning_budget_forced = params.reasoning_budget_end.front());
-            if (args[ARG_reasoning_message].u_obj != mp_const_none) {
+            if (reasoning_message != mp_const_none) {
                 static std::vector<llama_token> message;
-                GUARD(tokens_of(m, args[ARG_reasoning_message].u_obj, message);
+                GUARD(tokens_of(m, reasoning_message, message);
                       params.reasoning_budget_forced.insert(params.reasoning_budget_forced.begin(), message.begin(), message.end());
                       message.clear());
             }
@@ -207,9 +260,12 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
         }
         if (strstr(log_error, "error initializing grammar sampler")) {     // its prefill of generation_prompt
             mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("the grammar does not accept the generation prompt '%s' "
-                "in this model's tokens (its tokenizer splits the template's markers)"), gen_prompt);
+                "in this model's tokens (its tokenizer splits the template's markers)"), gen);
         }
-        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("invalid grammar: %s"), log_error[0] ? log_error : cpp_error);
+        if (log_error[0] || strstr(cpp_error, "grammar")) {     // the parser's ERROR line says where
+            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("invalid grammar: %s"), log_error[0] ? log_error : cpp_error);
+        }
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("%s"), cpp_error);     // e.g. a repeat_penalty <= 0
     }
     return MP_OBJ_FROM_PTR(self);
 }
