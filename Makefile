@@ -187,6 +187,11 @@ $(LLAMA_BUILD)/.peer-stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh 
 	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) peer
 	@touch $@
 
+# llama-server of the kernel's own ggml build alone (the tests compare the kernel's answers with it)
+$(LLAMA_BUILD)/.server-stamp: $(DEPS)/llama-cpp-python/.stamp port/build-llama.sh port/patch-llama.py
+	@JOBS=$(JOBS) port/build-llama.sh $(LLAMA_SRC) $(LLAMA_BUILD) peer-same
+	@touch $@
+
 $(PEER)/initramfs-%.cpio: $(LLAMA_BUILD)/.peer-stamp $(DEPS)/peer-linux/.stamp $(DEPS)/peer-busybox/.stamp \
 		$(DEPS)/smollm2/.stamp peer/init peer/initramfs.py
 	@mkdir -p $(PEER)
@@ -198,7 +203,7 @@ $(PEER)/initramfs-%.cpio: $(LLAMA_BUILD)/.peer-stamp $(DEPS)/peer-linux/.stamp $
 peer: $(PEER)/initramfs-stock.cpio $(PEER)/initramfs-same.cpio
 
 # --- tests and benchmarks -----------------------------------------------------------------
-test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+test: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp $(LLAMA_BUILD)/.server-stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python -m pytest -v tests
 
 SOAK_MINUTES ?= 20

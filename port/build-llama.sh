@@ -16,7 +16,7 @@
 # OUT/libggml-base-paged.a
 #           ggml's base library; it and the SSE2 backend with no function under a page across a page
 #
-#   port/build-llama.sh SRC OUT peer     the peer's llama-server, twice:
+#   port/build-llama.sh SRC OUT peer     the peer's llama-server, twice (peer-same: only the first):
 #
 # OUT/peer-stock/bin/llama-server  llama.cpp's default x86 options for a portable build (GGML_NATIVE=OFF:
 #           SSE4.2, AVX, AVX2, FMA, F16C; BMI2 off as it does not build for i386) and no extra flags
@@ -78,8 +78,12 @@ prefixed() {    # variant
     objcopy --redefine-syms="$out/$1/prefix.map" "$lib" "$out/libggml-cpu-$1.a"
 }
 
-if [[ $what == peer ]]; then
+if [[ $what == peer || $what == peer-same ]]; then
     build peer-same llama-server -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
+    if [[ $what == peer-same ]]; then      # the tests compare the kernel with this one
+        echo "llama.cpp: $out/peer-same/bin/llama-server ready"
+        exit 0
+    fi
     flags="-m32"
     build peer-stock llama-server -- -DLLAMA_BUILD_SERVER=ON
     echo "llama.cpp: $out/peer-same/bin/llama-server and $out/peer-stock/bin/llama-server ready"

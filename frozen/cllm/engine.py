@@ -37,8 +37,10 @@ def utf8_complete(data):
 
 
 def decode_lossy(data):
-    """UTF-8 bytes as text, each byte that starts no valid character as U+FFFD (a model can emit
-    any byte: its byte tokens need not make valid UTF-8), as llama-server's JSON output does."""
+    """UTF-8 bytes as text with U+FFFD for each maximal piece that is no character (a model can
+    emit any byte: its byte tokens need not make valid UTF-8): a stray byte is one, and so is a
+    sequence cut short, however many of its bytes came (Unicode's "maximal subpart" practice, what
+    llama-server's JSON output gives)."""
     try:
         return data.decode()
     except UnicodeError:
@@ -48,15 +50,21 @@ def decode_lossy(data):
     while i < n:
         b = data[i]
         need = 1 if b < 0x80 else 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
-        if need and i + need <= n:
-            try:
-                out.append(data[i:i + need].decode())
-                i += need
-                continue
-            except UnicodeError:
-                pass
-        out.append("\ufffd")
-        i += 1
+        if need == 1:
+            out.append(chr(b))
+            i += 1
+            continue
+        # the second byte's range depends on the first (no overlong forms, surrogates, or past U+10FFFF)
+        lo, hi = (0xA0, 0xBF) if b == 0xE0 else (0x80, 0x9F) if b == 0xED else (0x90, 0xBF) if b == 0xF0 \
+            else (0x80, 0x8F) if b == 0xF4 else (0x80, 0xBF)
+        j = i + 1
+        while need and j < i + need and j < n and (lo if j == i + 1 else 0x80) <= data[j] <= (hi if j == i + 1 else 0xBF):
+            j += 1
+        if need and j == i + need:
+            out.append(data[i:j].decode())
+        else:
+            out.append("\ufffd")
+        i = max(j, i + 1)
     return "".join(out)
 
 
