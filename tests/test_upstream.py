@@ -1,7 +1,7 @@
 """cllm against llama-server itself: the same sdist's llama-server built with the kernel's own ggml
 options (peer-same, `make test` builds it), run on the host's 127.0.0.1 with the same tiny GGUF. A
-seeded draw through every sampler gives the same tokens from both, and /infill lays out the same
-prompt: the same common sampler, chain and defaults."""
+seeded draw through every sampler gives the same tokens from both, /infill lays out the same
+prompt, and a context shift drops the same tokens: the same common sampler, chain and defaults."""
 import os
 import subprocess
 import time
@@ -20,11 +20,11 @@ FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|r
 class Host:
     """llama-server on 127.0.0.1 as the guest serves: one slot of n_ctx, one thread, batches of 512."""
 
-    def __init__(self, model, n_ctx):
+    def __init__(self, model, n_ctx, *flags):
         assert os.path.exists(SERVER), "llama-server (peer-same) is not built: run the tests with `make test`"
         self.port = free_port()
         self.proc = subprocess.Popen([SERVER, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(n_ctx),
-                                      "-np", "1", "-t", "1", "-b", "512", "--no-warmup"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "-np", "1", "-t", "1", "-b", "512", "--no-warmup", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -93,3 +93,29 @@ def test_infill_prompt_equals_llama_servers(pair):
             "return_tokens": True}
     ours, theirs = both(pair, "/infill", body)
     assert ours["tokens_evaluated"] == theirs["tokens_evaluated"] and ours["tokens"] == theirs["tokens"]
+
+
+def test_context_shift_equals_llama_servers(tmp_path):
+    """A slot that fills (n_ctx 128: 256 cells, as llama.cpp pads a context), shifted as llama-server's
+    --context-shift does (n_keep, n_discard):
+    greedy past the slot's end, token for token the same; without it the answer stops at the end."""
+    model = make_tiny_model(str(tmp_path / "tiny.gguf"), vocab="gpt-2", n_ctx_train=2048)
+    host = Host(model, 128, "--context-shift")
+    guest = boot(model, "n_ctx=128 parallel=1 cache_prompt=0 context_shift=1")
+    try:
+        for extra in ({}, {"n_keep": 4, "n_discard": 10}, {"n_keep": -1}):
+            body = dict({"prompt": PROMPT, "n_predict": 300, "temperature": 0, "return_tokens": True}, **extra)
+            ours, theirs = both((guest, host), "/completion", body)
+            assert ours["tokens_predicted"] == theirs["tokens_predicted"] == 300 and ours["truncated"] is True
+            assert ours["tokens"] == theirs["tokens"], extra
+    finally:
+        guest.close()
+        host.close()
+    guest = boot(model, "n_ctx=128 parallel=1 cache_prompt=0")
+    try:
+        out = request(guest, "POST", "/completion", {"prompt": PROMPT, "n_predict": 300, "temperature": 0})[1]
+        n_ctx = request(guest, "GET", "/props")[1]["default_generation_settings"]["n_ctx"]     # (128, padded by llama.cpp)
+        assert out["stop_type"] == "limit" and out["truncated"] is False
+        assert out["tokens_predicted"] == n_ctx - out["tokens_evaluated"] < 300
+    finally:
+        guest.close()

@@ -179,7 +179,8 @@ class Api:
         """generation_settings: the server's defaults, or with a task the settings it runs with."""
         s = self.settings
         p = {name: default for name, kind, default in SAMPLING}
-        p.update({"n_predict": s.n_predict, "max_tokens": s.n_predict, "stop": [], "stream": False, "grammar": "",
+        p.update({"n_predict": s.n_predict, "max_tokens": s.n_predict, "n_keep": 0, "n_discard": 0, "stop": [],
+                  "stream": False, "grammar": "",
                   "n_probs": 0, "ignore_eos": False, "timings_per_token": False, "logit_bias": [],
                   "cache_prompt": bool(s.cache_prompt), "chat_format": "Content-only",
                   "reasoning_format": s.reasoning_format, "samplers": list(DEFAULT_SAMPLERS),
@@ -196,6 +197,7 @@ class Api:
                   "stream": field(body, "stream", bool, False), "grammar": kw.get("grammar") or "",
                   "n_probs": task.n_probs, "ignore_eos": field(body, "ignore_eos", bool, False),
                   "timings_per_token": field(body, "timings_per_token", bool, False), "cache_prompt": task.cache_prompt,
+                  "n_keep": field(body, "n_keep", int, 0), "n_discard": field(body, "n_discard", int, 0),
                   "logit_bias": [{"bias": None if b is False else b, "token": t} for t, b in bias.items()]})
         for name in ("samplers", "dry_sequence_breakers"):
             if name in kw:
@@ -235,6 +237,10 @@ class Api:
                 task.preserved = chat.preserved
             task.return_progress = field(body, "return_progress", bool, False) and field(body, "stream", bool, False)
             task.t_max_predict_ms = field(body, "t_max_predict_ms", int, -1)
+            task.n_keep = field(body, "n_keep", int, 0)
+            task.n_discard = field(body, "n_discard", int, 0)
+            if task.n_keep < -1 or task.n_discard < 0:
+                raise bad_request("'n_keep' must be -1 (the whole prompt) or more, 'n_discard' 0 (half) or more")
             id_slot = field(body, "id_slot", int, -1)
             task.id_slot = id_slot % self.settings.parallel if id_slot >= 0 else -1     # wraps, as upstream
             task.params = self.task_params(body, kw, task, chat)
@@ -277,7 +283,7 @@ class Api:
                "id_slot": task.slot, "stop": True, "model": self.settings.alias,
                "tokens_predicted": len(task.tokens), "tokens_evaluated": len(task.prompt),
                "generation_settings": self.params_json(task), "prompt": "", "has_new_line": "\n" in task.text,
-               "truncated": False, "stop_type": task.stop_type, "stopping_word": task.stopping_word,
+               "truncated": task.truncated, "stop_type": task.stop_type, "stopping_word": task.stopping_word,
                "tokens_cached": tokens_cached(task), "timings": task.timings()}
         if task.probs and not streamed:        # a stream had them in its chunks
             out["completion_probabilities"] = self.probs_json(task.probs)

@@ -28,6 +28,8 @@
     prefill_assistant=1  a last assistant message is continued (0: llama-server's --no-prefill-assistant)
     verbose=0         1: responses carry llama-server's __verbose debug field
     spm_infill=0      1: /infill puts the suffix before the prefix (llama-server's --spm-infill)
+    context_shift=0   1: a slot that fills drops the older half of what follows n_keep and goes on
+                      (llama-server's --context-shift); 0: it stops there
     slot_save=16777216  bytes of the RAM file system /slots that POST /slots/N?action=save writes (0: off)
     cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
                       --no-cache-prompt; a request's own cache_prompt wins)
@@ -63,6 +65,7 @@ DEFAULTS = {
     "verbose": 0,
     "spm_infill": 0,
     "slot_save": 16 * 1024 * 1024,
+    "context_shift": 0,
     "cache_prompt": 1,
     "dashboard": 1,
     "serve": 1,

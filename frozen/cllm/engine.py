@@ -101,6 +101,8 @@ class Task:
         self.t_start = 0                # ticks_ms when a slot took it
         self.id_slot = -1               # the slot it must run in (llama-server's id_slot), or -1: any
         self.t_max_predict_ms = -1      # past this much generating, stop at a newline (llama-server's)
+        self.n_keep, self.n_discard = 0, 0  # a context shift keeps n_keep tokens, drops n_discard (0: half)
+        self.truncated = False          # a context shift dropped some of it
         self.n_cached = 0               # prompt tokens found in the slot's KV cache (not decoded again)
         self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
         self.probs_sent = 0
@@ -462,6 +464,22 @@ class Engine:
             task.predicted_ms += ms
             self.stats["predicted_ms"] += ms
 
+    def shift(self, slot):
+        """llama-server's context shift, for a slot whose sequence fills it: the first n_keep tokens
+        (the BOS besides) stay, the n_discard after them (half of the rest by default) go, and the
+        keys behind move down, re-rotated by llama.cpp at the next decode."""
+        task, model = slot.task, self.model
+        n_keep = len(task.prompt) if task.n_keep < 0 else task.n_keep
+        if self.meta["add_bos"]:
+            n_keep += 1
+        n_keep = min(self.n_ctx_slot - 4, n_keep)
+        n_left = len(slot.cache) - n_keep
+        n_discard = max(0, min(task.n_discard or n_left // 2, n_left - 1))
+        model.kv_remove(slot.id, n_keep, n_keep + n_discard)
+        model.kv_shift(slot.id, n_keep + n_discard, len(slot.cache), -n_discard)
+        del slot.cache[n_keep:n_keep + n_discard]
+        task.truncated = True
+
     def advance(self, slot, token):
         task = slot.task
         model = self.model
@@ -476,8 +494,13 @@ class Engine:
                 task.finish("word")
             elif b"\n" in piece and 0 < task.t_max_predict_ms < task.predicted_ms:
                 task.finish("limit")            # as llama-server: past the time, at a newline
-            elif len(task.tokens) == task.n_predict or len(slot.cache) + 1 >= self.n_ctx_slot:
+            elif len(task.tokens) == task.n_predict:
                 task.finish("limit")
+            elif len(slot.cache) + 1 >= self.n_ctx_slot:
+                if self.settings.context_shift:
+                    self.shift(slot)
+                else:
+                    task.finish("limit")
         if task.done:
             if task.stop_type == "word" and task.probs:     # as llama-server: not the stop word's tokens
                 n = len(model.tokenize(task.stopping_word, False, False))

@@ -481,6 +481,20 @@ mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args) {
     return mp_const_none;
 }
 
+// kv_shift(seq_id, p0, p1, delta): move positions [p0, p1) of a sequence by delta (llama-server's
+// context shift, after kv_remove of the positions it drops); the keys are re-rotated at the next decode
+mp_obj_t llm_model_kv_shift(size_t n_args, const mp_obj_t *args) {
+    llm_model_obj_t *self = open_context(args[0]);
+    int seq = seq_arg(self, args[1]);
+    mp_int_t p0 = mp_obj_get_int(args[2]), p1 = mp_obj_get_int(args[3]), delta = mp_obj_get_int(args[4]);
+    if (!llama_memory_can_shift(llama_get_memory(self->ctx))) {
+        mp_raise_ValueError(MP_ERROR_TEXT("this model's memory cannot be shifted"));
+    }
+    GUARD(llama_memory_seq_add(llama_get_memory(self->ctx), (llama_seq_id)seq, (llama_pos)p0, (llama_pos)p1, (llama_pos)delta));
+    self->logits_index[seq] = -1;
+    return mp_const_none;
+}
+
 // ---------------------------------------------------------------- grammars
 
 // json_schema_to_grammar(schema_json) -> GBNF text: llama.cpp's own converter, as llama-server

@@ -75,6 +75,7 @@ mp_obj_t llm_model_seq_pos(mp_obj_t self, mp_obj_t seq);
 mp_obj_t llm_model_probs(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_json_schema_to_grammar(mp_obj_t schema);
 mp_obj_t llm_model_kv_remove(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_model_kv_shift(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_model_state_get(mp_obj_t self, mp_obj_t seq);
 mp_obj_t llm_model_state_set(mp_obj_t self, mp_obj_t seq, mp_obj_t data);
 mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *args, mp_map_t *kw);

@@ -8,7 +8,8 @@
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
 //   m.decode_start([(seq_id, tokens), ...]) m.decode_done(): decode_batch in a thread of its own
 //   m.probs(seq_id, n, token=None)
-//   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
+//   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.kv_shift(seq_id, p0, p1, delta)
+//   m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
 //   m.state_get(seq_id) -> bytes m.state_set(seq_id, data) (a sequence's KV cells, llama_state_seq_*)
 //   s = llm.Sampler(m, temperature=, top_k=, top_p=, min_p=, seed=, ... every numeric field of
 //                   llama.cpp's common sampler (sampling_defaults()), dry_sequence_breakers=, samplers=,
@@ -55,6 +56,7 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_logits_obj, 1, 2, llm_model
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_seq_pos_obj, llm_model_seq_pos);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_probs_obj, 3, 4, llm_model_probs);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_kv_remove_obj, 1, 4, llm_model_kv_remove);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_kv_shift_obj, 5, 5, llm_model_kv_shift);
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_state_get_obj, llm_model_state_get);
 static MP_DEFINE_CONST_FUN_OBJ_3(llm_model_state_set_obj, llm_model_state_set);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_generate_obj, 3, llm_model_generate);
@@ -76,6 +78,7 @@ static const mp_rom_map_elem_t llm_model_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_seq_pos), MP_ROM_PTR(&llm_model_seq_pos_obj) },
     { MP_ROM_QSTR(MP_QSTR_probs), MP_ROM_PTR(&llm_model_probs_obj) },
     { MP_ROM_QSTR(MP_QSTR_kv_remove), MP_ROM_PTR(&llm_model_kv_remove_obj) },
+    { MP_ROM_QSTR(MP_QSTR_kv_shift), MP_ROM_PTR(&llm_model_kv_shift_obj) },
     { MP_ROM_QSTR(MP_QSTR_state_get), MP_ROM_PTR(&llm_model_state_get_obj) },
     { MP_ROM_QSTR(MP_QSTR_state_set), MP_ROM_PTR(&llm_model_state_set_obj) },
     { MP_ROM_QSTR(MP_QSTR_generate), MP_ROM_PTR(&llm_model_generate_obj) },
