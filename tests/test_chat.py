@@ -143,6 +143,21 @@ def test_tool_call_streamed_as_llama_server_streams_it(qwen):
     assert args == whole["function"]["arguments"] and finish == "tool_calls"
 
 
+def test_a_call_cut_by_the_length_limit(qwen):
+    """A tool call cut off by max_tokens: the same message streamed and not, nothing the model wrote
+    lost (what does not parse as a call is content)."""
+    body = {"messages": ASK, "tools": [WEATHER], "parallel_tool_calls": False, "temperature": 0, "max_tokens": 6,
+            "logit_bias": call_bias(qwen), "frequency_penalty": 50}
+    whole = chat(qwen, body)["choices"][0]
+    assert whole["finish_reason"] == "length"
+    ev = events(qwen, "/v1/chat/completions", dict(body, stream=True))
+    deltas = [e["choices"][0]["delta"] for e in ev[1:-1] if e["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == (whole["message"].get("content") or "")
+    args = "".join(c["function"].get("arguments", "") for d in deltas for c in d.get("tool_calls", ()))
+    assert args == "".join(c["function"]["arguments"] for c in whole["message"].get("tool_calls", ()))
+    assert ev[-2]["choices"][0]["finish_reason"] == "length"
+
+
 def test_tool_choice_required_and_named(llama3):
     """Llama 3.2's JSON tool calls: `required` grammar-constrains the reply to a call (nothing can
     end it before one); a named function is the only one it may call."""
@@ -242,7 +257,8 @@ def test_json_schema_in_a_chat(qwen):
     generation prompt (llama.cpp's prefill of the grammar)."""
     schema = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
               "required": ["colour", "ok"], "additionalProperties": False}
-    for fmt in ({"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}, {"type": "json_object", "schema": schema}):
+    for fmt in ({"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+                {"type": "json_object", "schema": schema}):
         out = chat(qwen, {"messages": ASK, "max_tokens": 200, "temperature": 0, "response_format": fmt,
                           "logit_bias": {str(qwen.ids["<|im_end|>"]): 30}})
         assert out["choices"][0]["finish_reason"] == "stop", out

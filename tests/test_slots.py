@@ -82,7 +82,8 @@ def test_bad_slot_actions(srv):
         assert words in out["error"]["message"], out
     # a header that promises more tokens than the file holds, and one past the slot's context
     for n, words in ((1000, "exceeds the file size"), (300, "does not fit")):
-        repl(srv, f"f = open('/slots/short.bin', 'wb'); f.write({struct.pack('<III', 0x67677371, 3, n) + bytes(4 * 300)!r}); f.close()")
+        data = struct.pack("<III", 0x67677371, 3, n) + bytes(4 * 300)
+        repl(srv, f"f = open('/slots/short.bin', 'wb'); f.write({data!r}); f.close()")
         status, out = act(srv, 1, "restore", filename="short.bin")
         assert status == 400 and words in out["error"]["message"], out
     assert request(srv, "POST", "/slots/7?action=erase", {})[0] == 404          # past the slots

@@ -24,7 +24,8 @@ class Host:
         assert os.path.exists(SERVER), "llama-server (peer-same) is not built: run the tests with `make test`"
         self.port = free_port()
         self.proc = subprocess.Popen([SERVER, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(n_ctx),
-                                      "-np", "1", "-t", "1", "-b", "512", "--no-warmup", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "-np", "1", "-t", "1", "-b", "512", "--no-warmup", *flags],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:

@@ -221,7 +221,8 @@ async def oai_chat(api, req):
     parsers = [chat.parser() for _ in tasks]
 
     def chunk(delta, i, reason=None):
-        return api.oai_object(cid, "chat.completion.chunk", choices=[{"finish_reason": reason, "index": i, "delta": delta}])
+        return api.oai_object(cid, "chat.completion.chunk",
+                              choices=[{"finish_reason": reason, "index": i, "delta": delta}])
     if chat.stream:
         opened = set()
 
@@ -245,9 +246,10 @@ async def oai_chat(api, req):
             for i, t in enumerate(tasks):
                 try:
                     deltas = json.loads(parsers[i].update("", False))
-                except ValueError as e:
+                except ValueError as e:     # as final_message: what was held back goes as content
                     log("cllm: chat output kept as content: {}".format(e))
-                    deltas = []
+                    sent = json.loads(parsers[i].message()).get("content") or ""
+                    deltas = [{"content": t.text[len(sent):]}] if t.text.startswith(sent) and t.text != sent else []
                 message = json.loads(parsers[i].message())
                 out += opening(i) + [chunk(d, i) for d in deltas] + [chunk({}, i, finish_reason(t, message))]
             if include_usage(body):
@@ -256,6 +258,7 @@ async def oai_chat(api, req):
             if api.settings.verbose:
                 out[-1]["__verbose"] = api.native_final(task, task.text, True)
             return out + [b"[DONE]"]
+
         def progress(p, i):     # as llama-server: the role delta, the note on it
             out = chunk({"role": "assistant", "content": None}, i)
             out["prompt_progress"] = p

@@ -242,7 +242,8 @@ mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n
             if (reasoning_message != mp_const_none) {
                 static std::vector<llama_token> message;
                 GUARD(tokens_of(m, reasoning_message, message);
-                      params.reasoning_budget_forced.insert(params.reasoning_budget_forced.begin(), message.begin(), message.end());
+                      auto &forced = params.reasoning_budget_forced;
+                      forced.insert(forced.begin(), message.begin(), message.end());
                       message.clear());
             }
         }
