@@ -43,12 +43,17 @@ def models(tmp_path_factory):
     }
 
 
+def serving(model, words):
+    """A guest serving model, with the ids of words (its template's special tokens) and an openai client."""
+    g = boot(model, "n_ctx=2048 parallel=2 cache_prompt=0")
+    g.ids = {t: request(g, "POST", "/tokenize", {"content": t, "parse_special": True})[1]["tokens"][0] for t in words}
+    g.client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key="unused", max_retries=0, timeout=120)
+    return g
+
+
 @pytest.fixture(scope="module")
 def qwen(models):
-    g = boot(models["qwen3"], "n_ctx=2048 parallel=2 cache_prompt=0")
-    g.ids = {t: request(g, "POST", "/tokenize", {"content": t, "parse_special": True})[1]["tokens"][0]
-             for t in QWEN3_TOKENS + ["\n"]}
-    g.client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key="unused", max_retries=0, timeout=120)
+    g = serving(models["qwen3"], QWEN3_TOKENS + ["\n"])
     try:
         yield g
     finally:
@@ -57,10 +62,7 @@ def qwen(models):
 
 @pytest.fixture(scope="module")
 def llama3(models):
-    g = boot(models["llama3"], "n_ctx=2048 parallel=2 cache_prompt=0")
-    g.ids = {t: request(g, "POST", "/tokenize", {"content": t, "parse_special": True})[1]["tokens"][0]
-             for t in LLAMA3_TOKENS + ["{"]}
-    g.client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key="unused", max_retries=0, timeout=120)
+    g = serving(models["llama3"], LLAMA3_TOKENS + ["{"])
     try:
         yield g
     finally:
