@@ -16,7 +16,8 @@
 # OUT/libggml-base-paged.a
 #           ggml's base library; it and the SSE2 backend with no function under a page across a page
 #
-#   port/build-llama.sh SRC OUT peer     the peer's llama-server, twice (peer-same: only the first):
+#   port/build-llama.sh SRC OUT peer     the peer's llama-server, twice (peer-same: only the first, and
+#                                        llama-embedding: the tests' reference for embeddings):
 #
 # OUT/peer-stock/bin/llama-server  llama.cpp's default x86 options for a portable build (GGML_NATIVE=OFF:
 #           SSE4.2, AVX, AVX2, FMA, F16C; BMI2 off as it does not build for i386) and no extra flags
@@ -79,9 +80,9 @@ prefixed() {    # variant
 }
 
 if [[ $what == peer || $what == peer-same ]]; then
-    build peer-same llama-server -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
+    build peer-same llama-server llama-embedding -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
     if [[ $what == peer-same ]]; then      # the tests compare the kernel with this one
-        echo "llama.cpp: $out/peer-same/bin/llama-server ready"
+        echo "llama.cpp: $out/peer-same/bin/llama-server and llama-embedding ready"
         exit 0
     fi
     flags="-m32"

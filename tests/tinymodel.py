@@ -47,9 +47,13 @@ def copy_tokenizer(writer, vocab_file, extra_tokens=()):
 
 
 def make_tiny_model(path, vocab="llama-spm", arch="llama", n_embd=64, n_layer=2, n_head=4, n_head_kv=2,
-                    n_ff=128, n_ctx_train=512, seed=1234, chat_template=CHATML, extra_tokens=()):
+                    n_ff=128, n_ctx_train=512, seed=1234, chat_template=CHATML, extra_tokens=(), rerank=False):
     """Write a llama-architecture GGUF with random f32 weights; returns path. extra_tokens: control
-    tokens appended to the vocabulary (a chat template's <|im_end|>, <tool_call>, ...)."""
+    tokens appended to the vocabulary (a chat template's <|im_end|>, <tool_call>, ...). rerank: a
+    Qwen3 reranker instead (as llama.cpp converts them): rank pooling of the last token through a
+    two-label classifier head, whose softmax's first value is the score."""
+    if rerank:
+        arch = "qwen3"
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(f"tiny-{arch}-{vocab}")
     writer.add_context_length(n_ctx_train)
@@ -61,6 +65,9 @@ def make_tiny_model(path, vocab="llama-spm", arch="llama", n_embd=64, n_layer=2,
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if rerank:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_classifier_output_labels(["yes", "no"])
     if chat_template:
         writer.add_chat_template(chat_template)
     n_vocab = copy_tokenizer(writer, vocab_path(vocab), extra_tokens)
@@ -73,12 +80,17 @@ def make_tiny_model(path, vocab="llama-spm", arch="llama", n_embd=64, n_layer=2,
     writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, scale=0.5))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
     writer.add_tensor("output.weight", w(n_vocab, n_embd, scale=0.3))
+    if rerank:
+        writer.add_tensor("cls.output.weight", w(2, n_embd, scale=0.5))
     for i in range(n_layer):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_q.weight", w(n_embd, n_embd))
         writer.add_tensor(f"blk.{i}.attn_k.weight", w(n_kv, n_embd))
         writer.add_tensor(f"blk.{i}.attn_v.weight", w(n_kv, n_embd))
         writer.add_tensor(f"blk.{i}.attn_output.weight", w(n_embd, n_embd))
+        if rerank:
+            writer.add_tensor(f"blk.{i}.attn_q_norm.weight", np.ones(n_embd // n_head, dtype=np.float32))
+            writer.add_tensor(f"blk.{i}.attn_k_norm.weight", np.ones(n_embd // n_head, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", w(n_ff, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", w(n_ff, n_embd))

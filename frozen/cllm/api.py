@@ -8,7 +8,7 @@ import time
 import kernel
 import llm
 
-from cllm import chat, chat_page, infill
+from cllm import chat, chat_page, embed, infill
 from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
 from cllm.fields import (SAMPLING, all_finished, body_of, completion_id, field, n_predict_of, n_probs_of,
                          prompt_tokens, prompts_of, response_fields, sampling, stop_list, stream_of, usage)
@@ -76,6 +76,9 @@ class Api:
         ("POST", ("/completion", "/completions"), "completion"),
         ("POST", ("/v1/completions",), "oai_completions"),
         ("POST", ("/infill",), "infill"),
+        ("POST", ("/embedding", "/embeddings"), "embeddings"),
+        ("POST", ("/v1/embeddings",), "oai_embeddings"),
+        ("POST", ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking"), "rerank"),
         ("POST", ("/v1/chat/completions", "/chat/completions"), "oai_chat"),
         ("POST", ("/apply-template",), "apply_template"),
         ("POST", ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"), "input_tokens"),
@@ -431,6 +434,15 @@ class Api:
 
     async def infill(self, req):
         return await infill.infill(self, req)
+
+    async def embeddings(self, req):
+        return await embed.embeddings(self, req, False)
+
+    async def oai_embeddings(self, req):
+        return await embed.embeddings(self, req, True)
+
+    async def rerank(self, req):
+        return await embed.rerank(self, req)
 
     async def apply_template(self, req):
         return await chat.apply_template(self, req)

@@ -4,6 +4,8 @@
     n_ctx=2048        KV cache cells, shared by the slots; each slot gets n_ctx // parallel
     parallel=2        slots: requests generated at the same time
     flash_attn=auto   llama.cpp's flash attention: on, off or auto (llama-server's --flash-attn)
+    pooling=          how /embeddings pools a text's token embeddings: none, mean, cls, last or rank
+                      (default: the model's; llama-server's --pooling)
     n_predict=-1      default generation limit (-1: until end of generation or the slot is full)
     queue=8           requests that may wait for a slot; beyond that 503
     api_key=...       require `Authorization: Bearer ...` on every route but /health
@@ -43,6 +45,7 @@ DEFAULTS = {
     "n_ctx": 2048,
     "parallel": 2,
     "flash_attn": "auto",
+    "pooling": "",
     "n_predict": -1,
     "queue": 8,
     "api_key": None,
@@ -71,7 +74,7 @@ DEFAULTS = {
     "serve": 1,
 }
 
-CHOICES = {"http": ("on", "redirect", "off"), "reasoning": ("on", "off", "auto"),
+CHOICES = {"http": ("on", "redirect", "off"), "pooling": ("none", "mean", "cls", "last", "rank"), "reasoning": ("on", "off", "auto"),
            "reasoning_format": ("auto", "deepseek", "deepseek-legacy", "none")}
 
 

@@ -214,6 +214,41 @@ def common_prefix(a, b):
     return n
 
 
+class EmbedTask:
+    """One request's embeddings (or rerank scores): its inputs' tokens, read a group at a time in a
+    context of their own between the generation steps; results: one array per input."""
+
+    def __init__(self, inputs, normalize=2):
+        self.inputs = inputs
+        self.normalize = normalize
+        self.results = []
+        self.done = False
+        self.cancelled = False
+        self.error = None
+        self.changed = asyncio.Event()
+
+    def cancel(self):
+        if not self.done:
+            self.cancelled = True
+            self.finish()
+
+    def finish(self):
+        self.done = True
+        self.changed.set()
+
+    def fail(self, error):
+        self.error = error
+        self.finish()
+
+    async def result(self):
+        while not self.done:
+            self.changed.clear()
+            await self.changed.wait()
+        if self.error:
+            raise self.error
+        return self.results
+
+
 class Slot:
     def __init__(self, id):
         self.id = id                    # also the sequence id in the KV cache
@@ -226,6 +261,7 @@ class Slot:
 
 class Engine:
     POLL_MS = 2             # how often the scheduler asks whether the decoder thread is done
+    EMBED_INPUTS = 64       # inputs read in one embeddings decode (llm's most), of n_batch tokens in all
     PREFILL_STRETCH = 2     # a prompt read beside generating slots makes their step at most this much longer
 
     def __init__(self, settings):
@@ -236,18 +272,21 @@ class Engine:
         self.load_error = None
         self.slots = [Slot(i) for i in range(settings.parallel)]
         self.waiting = []
+        self.embeds = []                # EmbedTasks, first come first served
         self.uses = 0
         self.wake = asyncio.Event()
         self.ms_per_token = (None, None)    # decode cost of a generated token, of a prompt token
         self.decoding = False
         self.stats = {"prompt_tokens": 0, "prompt_cached": 0, "prompt_ms": 0.0, "predicted_tokens": 0,
                       "predicted_ms": 0.0, "decodes": 0, "busy_slots": 0, "requests": 0, "rejected": 0,
-                      "n_tokens_max": 0, "restarts": 0, "draft_tokens": 0, "draft_accepted": 0, "drafts": 0}
+                      "n_tokens_max": 0, "restarts": 0, "draft_tokens": 0, "draft_accepted": 0, "drafts": 0,
+                      "embedded_tokens": 0}
 
     def load(self):
         s = self.settings
         try:
-            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, flash_attn=s.flash_attn, progress=True)
+            self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, flash_attn=s.flash_attn,
+                                   pooling=s.pooling or None, progress=True)
         except Exception as e:
             self.state, self.load_error = "error", e
             raise
@@ -271,6 +310,16 @@ class Engine:
             raise Busy()
         self.stats["requests"] += 1
         self.waiting.append(task)
+        self.wake.set()
+        return task
+
+    def submit_embed(self, task):
+        """Queue an EmbedTask; raises Busy past the wait queue's bound."""
+        if len(self.embeds) >= self.settings.queue:
+            self.stats["rejected"] += 1
+            raise Busy()
+        self.stats["requests"] += 1
+        self.embeds.append(task)
         self.wake.set()
         return task
 
@@ -343,9 +392,9 @@ class Engine:
             except Exception:       # its error: the tasks fail anyway
                 break
             time.sleep_ms(1)
-        for task in self.waiting:
+        for task in self.waiting + self.embeds:
             task.fail(error)
-        self.waiting = []
+        self.waiting, self.embeds = [], []
         for s in self.slots:
             if s.task:
                 s.task.fail(error)
@@ -361,17 +410,48 @@ class Engine:
             for s in self.slots:
                 if s.task and s.task.cancelled:
                     self._release(s)
-            if not busy:
+            if self.embeds:                     # a group of embeddings, then the slots' step
+                await self.embed_step()
+            elif not busy:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            await self.step(busy)
+            if busy:
+                await self.step(busy)
+
+    async def embed_step(self):
+        """The first EmbedTask's next inputs, as many as fit one decode of n_batch tokens."""
+        task = self.embeds[0]
+        if task.cancelled:
+            self.embeds.pop(0)
+            return
+        group, total = [], 0
+        for tokens in task.inputs[len(task.results):]:
+            if group and (total + len(tokens) > self.meta["n_batch"] or len(group) == self.EMBED_INPUTS):
+                break
+            group.append(tokens)
+            total += len(tokens)
+        try:
+            await self.in_decoder(self.model.embed_start, group)
+            task.results += self.model.embed_result(task.normalize)
+        except Exception as e:
+            self.embeds.pop(0)
+            task.fail(e)
+            return
+        self.stats["embedded_tokens"] += total
+        if len(task.results) == len(task.inputs):
+            self.embeds.pop(0)
+            task.finish()
 
     async def decode(self, items):
         """decode_batch in the model's decoder thread: the loop (HTTP, the console, the streams'
         writes) runs meanwhile, on CPU 0 in turn with it when no other CPU is free."""
+        await self.in_decoder(self.model.decode_start, items)
+
+    async def in_decoder(self, start, items):
+        """start(items) (decode_start or embed_start), then the loop goes on until it is done."""
         model = self.model
-        model.decode_start(items)
+        start(items)
         self.decoding = True                # the KV cache is the decoder's until it is done
         try:
             while not model.decode_done():

@@ -1,4 +1,5 @@
-// The llm module's decoder thread: decode_start()/decode_done() (decode_batch's work beside Python).
+// The llm module's decoder thread: decode_start()/decode_done() (decode_batch's work beside Python),
+// and embed_start() (embed.cpp) the same way.
 #include <cstdlib>
 #include <cstring>
 #include <pthread.h>
@@ -19,6 +20,7 @@ struct decoder {
     pthread_cond_t wake;
     volatile int state;             // DEC_*: QUEUED and DONE belong to the thread until decode_done()
     bool quit;
+    bool embed;                     // the queued work is embed_run's, not decode_run's
     llm_model_obj_t *model;
     decode_item *items;             // copies of the caller's, in memory of the decoder's own
     size_t n_items, items_cap;
@@ -38,7 +40,11 @@ static void *decoder_main(void *arg) {
             break;
         }
         pthread_mutex_unlock(&d->lock);
-        decode_run(d->model, d->items, d->n_items, &d->result);
+        if (d->embed) {
+            embed_run(d->model, d->items, d->n_items, &d->result);
+        } else {
+            decode_run(d->model, d->items, d->n_items, &d->result);
+        }
         pthread_mutex_lock(&d->lock);
         __atomic_store_n(&d->state, DEC_DONE, __ATOMIC_RELEASE);
     }
@@ -90,16 +96,12 @@ static decoder *decoder_of(llm_model_obj_t *m) {
     return d;
 }
 
-// decode_start([(seq_id, tokens), ...]): decode_batch's work, in the decoder thread; the model's
-// context is its own (open_context refuses it) until decode_done() returns True
-mp_obj_t llm_model_decode_start(mp_obj_t self_in, mp_obj_t items_in) {
-    llm_model_obj_t *self = open_context(self_in);
-    size_t n, total = 0;
-    decode_item *items = items_arg(self, items_in, &n);
+// The items (checked) copied into the decoder's own memory, the thread woken to run them.
+void decoder_queue(llm_model_obj_t *self, decode_item *items, size_t n, bool embed) {
+    size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         total += items[i].n;
     }
-    decode_check(self, items, n);
     decoder *d = decoder_of(self);
     if (n > d->items_cap || total > d->tokens_cap) {
         decode_item *more_items = (decode_item *)realloc(d->items, (n ? n : 1) * sizeof(decode_item));
@@ -125,10 +127,21 @@ mp_obj_t llm_model_decode_start(mp_obj_t self_in, mp_obj_t items_in) {
         next += items[i].n;
     }
     d->n_items = n;
+    d->embed = embed;
     pthread_mutex_lock(&d->lock);
     __atomic_store_n(&d->state, DEC_QUEUED, __ATOMIC_RELEASE);
     pthread_cond_signal(&d->wake);
     pthread_mutex_unlock(&d->lock);
+}
+
+// decode_start([(seq_id, tokens), ...]): decode_batch's work, in the decoder thread; the model's
+// context is its own (open_context refuses it) until decode_done() returns True
+mp_obj_t llm_model_decode_start(mp_obj_t self_in, mp_obj_t items_in) {
+    llm_model_obj_t *self = open_context(self_in);
+    size_t n;
+    decode_item *items = items_arg(self, items_in, &n);
+    decode_check(self, items, n);
+    decoder_queue(self, items, n, false);
     return mp_const_none;
 }
 

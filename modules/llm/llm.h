@@ -25,6 +25,8 @@ typedef struct {
     struct decoder *decoder;    // the thread of decode_start(), once there has been one
     struct ggml_threadpool *threadpool;             // ggml's workers, for the context's lifetime
     void (*threadpool_free)(struct ggml_threadpool *);
+    int pooling;            // enum llama_pooling_type asked for (Model(pooling=)), UNSPECIFIED: the model's
+    struct embed_out *embd; // the last embed's results (embed.cpp), or NULL
 } llm_model_obj_t;
 
 typedef struct {
@@ -79,6 +81,9 @@ mp_obj_t llm_model_kv_shift(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_model_state_get(mp_obj_t self, mp_obj_t seq);
 mp_obj_t llm_model_state_set(mp_obj_t self, mp_obj_t seq, mp_obj_t data);
 mp_obj_t llm_model_generate(size_t n_args, const mp_obj_t *args, mp_map_t *kw);
+mp_obj_t llm_model_embed(size_t n_args, const mp_obj_t *args);                 // embed.cpp
+mp_obj_t llm_model_embed_start(mp_obj_t self, mp_obj_t inputs);
+mp_obj_t llm_model_embed_result(size_t n_args, const mp_obj_t *args);
 
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);
 mp_obj_t llm_sampler_sample(size_t n_args, const mp_obj_t *args);

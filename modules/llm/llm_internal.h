@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <stdexcept>
 
 #include "llama.h"
 
@@ -78,5 +79,13 @@ void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items);   // 
 void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r);  // no MicroPython
 void decode_raise(const decode_result *r);                                   // r as the exception
 void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
+// The decoder thread takes a copy of items (checked already) and runs decode_run, or embed_run with embed.
+void decoder_queue(llm_model_obj_t *m, decode_item *items, size_t n_items, bool embed);
 bool decoder_busy(llm_model_obj_t *m);  // a decode_start() has not been ended by decode_done() yet
 void decoder_stop(llm_model_obj_t *m);  // the thread ended (after the decode it runs), its memory freed
+
+// embed.cpp: a context of its own for the inputs (one sequence each), its embeddings into m->embd.
+void embed_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r);  // no MicroPython
+void embed_free(llm_model_obj_t *m);
+int pooling_arg(mp_obj_t value);            // "none", "mean", ... or None (the model's) as llama_pooling_type
+const char *pooling_name(int pooling);

@@ -155,6 +155,7 @@ mp_obj_t llm_model_close(mp_obj_t self_in) {
     }
     free(self->logits_index);
     self->logits_index = nullptr;
+    embed_free(self);
     return mp_const_none;
 }
 
@@ -202,9 +203,9 @@ static llama_flash_attn_type flash_attn_type(mp_obj_t value) {
 }
 
 // Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
-//       vocab_only=False, progress=False)
+//       pooling=None, vocab_only=False, progress=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_vocab_only, ARG_progress };
+    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_pooling, ARG_vocab_only, ARG_progress };
     static const mp_arg_t allowed[] = {
         { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
@@ -212,6 +213,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         { MP_QSTR_n_seq, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 4} },
         { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_flash_attn, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_auto)} },
+        { MP_QSTR_pooling, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
         { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
         { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
@@ -230,6 +232,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_threads=%d but %d CPUs: one thread per CPU"), n_threads, cpu_count);
     }
     llama_flash_attn_type fa = flash_attn_type(args[ARG_flash_attn].u_obj);
+    int pooling = pooling_arg(args[ARG_pooling].u_obj);
     struct stat st;
     if (stat(path, &st) != 0) {
         mp_raise_OSError_with_filename(errno, path);
@@ -243,6 +246,8 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->threadpool = nullptr;
     self->decoder = nullptr;
     self->logits_index = nullptr;
+    self->pooling = pooling;
+    self->embd = nullptr;
     log_error[0] = 0;
 
     llama_model_params mparams = llama_model_default_params();
@@ -271,6 +276,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
     cparams.flash_attn_type = fa;
+    cparams.pooling_type = (enum llama_pooling_type)pooling;    // acts only in embed()'s contexts (embeddings on)
     cparams.kv_unified = true;      // sequences share the n_ctx cells
     cparams.n_outputs_max = n_seq;  // logits only for each sequence's last token: not n_batch x n_vocab floats
     cparams.no_perf = false;
@@ -336,10 +342,19 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     dict_int(d, "n_batch", self->n_batch);
     dict_int(d, "n_threads", self->ctx ? llama_n_threads(self->ctx) : 0);
     dict_str(d, "chat_template", llama_model_chat_template(self->model, nullptr));
+    dict_str(d, "chat_template_rerank", llama_model_chat_template(self->model, "rerank"));
+    // what embed() gives: the pooling (the model's unless Model(pooling=) said), floats per row
+    dict_str(d, "pooling", self->ctx ? pooling_name(llama_pooling_type(self->ctx)) : nullptr);
+    dict_int(d, "n_embd_out", llama_model_n_embd_out(self->model));
+    dict_int(d, "n_cls_out", llama_model_n_cls_out(self->model));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_bos), token_or_none(llama_vocab_bos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eos), token_or_none(llama_vocab_eos(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_eot), token_or_none(llama_vocab_eot(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_bos), mp_obj_new_bool(llama_vocab_get_add_bos(self->vocab)));
+    // what a rerank prompt is joined with when the model has no rerank template (llama-server's)
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_sep), token_or_none(llama_vocab_sep(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_eos), mp_obj_new_bool(llama_vocab_get_add_eos(self->vocab)));
+    mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_add_sep), mp_obj_new_bool(llama_vocab_get_add_sep(self->vocab)));
     // fill-in-the-middle tokens, None where the vocabulary has none (as /infill needs them)
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_pre), token_or_none(llama_vocab_fim_pre(self->vocab)));
     mp_obj_dict_store(d, MP_OBJ_NEW_QSTR(MP_QSTR_fim_suf), token_or_none(llama_vocab_fim_suf(self->vocab)));

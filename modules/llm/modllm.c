@@ -2,7 +2,8 @@
 // functions live in model.cpp (loading a model), llm.cpp (tokens, decoding), sampler.cpp,
 // chat.cpp and json_check.cpp.
 //
-//   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, vocab_only=False, progress=False)
+//   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
+//                 pooling=None, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
 //   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
@@ -11,6 +12,8 @@
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.kv_shift(seq_id, p0, p1, delta)
 //   m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
 //   m.state_get(seq_id) -> bytes m.state_set(seq_id, data) (a sequence's KV cells, llama_state_seq_*)
+//   m.embed(tokens or [tokens, ...], normalize=2) -> array(s): pooled embeddings (Model(pooling=) or the
+//   model's; with pooling none a row per token); m.embed_start([tokens, ...]) m.embed_result(normalize=2)
 //   s = llm.Sampler(m, temperature=, top_k=, top_p=, min_p=, seed=, ... every numeric field of
 //                   llama.cpp's common sampler (sampling_defaults()), dry_sequence_breakers=, samplers=,
 //                   logit_bias=None, grammar=None, grammar_type="user", grammar_lazy=False, triggers=(),
@@ -41,6 +44,19 @@ mp_obj_t llm_floats_to_ndarray(const float *values, size_t n) {
     return MP_OBJ_FROM_PTR(array);
 }
 
+// ... and rows x cols of them as a 2-D array
+mp_obj_t llm_floats_to_matrix(const float *values, size_t rows, size_t cols) {
+    size_t shape[ULAB_MAX_DIMS] = { 0 };
+    shape[ULAB_MAX_DIMS - 2] = rows;
+    shape[ULAB_MAX_DIMS - 1] = cols;
+    ndarray_obj_t *array = ndarray_new_dense_ndarray(2, shape, NDARRAY_FLOAT);
+    mp_float_t *out = (mp_float_t *)array->array;
+    for (size_t i = 0; i < rows * cols; i++) {
+        out[i] = (mp_float_t)values[i];
+    }
+    return MP_OBJ_FROM_PTR(array);
+}
+
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_model_close_obj, llm_model_close);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_model_meta_obj, llm_model_meta);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_tokenize_obj, 2, llm_model_tokenize);
@@ -60,6 +76,9 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_kv_shift_obj, 5, 5, llm_mod
 static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_state_get_obj, llm_model_state_get);
 static MP_DEFINE_CONST_FUN_OBJ_3(llm_model_state_set_obj, llm_model_state_set);
 static MP_DEFINE_CONST_FUN_OBJ_KW(llm_model_generate_obj, 3, llm_model_generate);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_embed_obj, 2, 3, llm_model_embed);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_model_embed_start_obj, llm_model_embed_start);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_model_embed_result_obj, 1, 2, llm_model_embed_result);
 
 static const mp_rom_map_elem_t llm_model_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_model_close_obj) },
@@ -82,6 +101,9 @@ static const mp_rom_map_elem_t llm_model_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_state_get), MP_ROM_PTR(&llm_model_state_get_obj) },
     { MP_ROM_QSTR(MP_QSTR_state_set), MP_ROM_PTR(&llm_model_state_set_obj) },
     { MP_ROM_QSTR(MP_QSTR_generate), MP_ROM_PTR(&llm_model_generate_obj) },
+    { MP_ROM_QSTR(MP_QSTR_embed), MP_ROM_PTR(&llm_model_embed_obj) },
+    { MP_ROM_QSTR(MP_QSTR_embed_start), MP_ROM_PTR(&llm_model_embed_start_obj) },
+    { MP_ROM_QSTR(MP_QSTR_embed_result), MP_ROM_PTR(&llm_model_embed_result_obj) },
 };
 static MP_DEFINE_CONST_DICT(llm_model_locals, llm_model_locals_table);
 
