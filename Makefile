@@ -79,7 +79,7 @@ help:
 	@echo "                  QEMU, BENCH_RUNS times each, with 1 CPU and with SMP: boot, tokens/s, time to first token,"
 	@echo "                  /health rate, RAM, image size; prints the tables and what SMP CPUs bought each server,"
 	@echo "                  writes $(BUILD)/bench/compare.json and .png (bench/compare.py); SMP=1: one CPU only;"
-	@echo "                  then bench-batching"
+	@echo "                  then bench-batching and bench-spec"
 	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
 	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel with SMP=1 and SMP CPUs vs. the same llama.cpp build under"
@@ -88,6 +88,8 @@ help:
 	@echo "                  time to first token, streamed tokens/s (bench/api.py)"
 	@echo "  make bench-batching  4 slots at SMP CPUs, cllm vs peer-same: generated tok/s of 1 stream and of 4 at once,"
 	@echo "                  time to first token p50/p99 with 4 and 8 clients, each boot's figure (bench/batching.py)"
+	@echo "  make bench-spec n-gram speculative decoding (spec=ngram) vs none, cllm vs peer-same with --spec-type ngram-simple:"
+	@echo "                  generated tok/s on an extraction and a code edit, drafts accepted, same text (bench/spec.py)"
 	@echo "  make bench-matmul  a Q4_1 matrix times 1, 2, 3, 4, 8 columns in the peer's Linux guest (TCG): ms per column,"
 	@echo "                  the four-column kernel against one column at a time (bench/matmul.py)"
 	@echo "  make bench-spread  BENCH_BOOTS=20 boots each of cllm and peer-same at BENCH_SMP=2 CPUs, interleaved: generated"
@@ -214,6 +216,7 @@ soak: kernel $(VENV)/.stamp
 bench: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/compare.py
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/batching.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spec.py
 
 bench-boot: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
@@ -224,7 +227,7 @@ bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/api.py
 
-.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul bench-tls
+.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul bench-tls bench-spec
 bench-matmul: kernel $(DEPS)/peer-linux/.stamp $(DEPS)/peer-busybox/.stamp $(VENV)/.stamp
 	@$(VENV)/bin/python bench/matmul.py
 
@@ -233,6 +236,9 @@ bench-tls: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp | $(BUILD)/.sysdeps
 
 bench-batching: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/batching.py
+
+bench-spec: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spec.py
 
 bench-spread: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spread.py

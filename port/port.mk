@@ -105,7 +105,7 @@ SRC_C += \
 # static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC), with two
 # CPU backends (SSE2 and AVX2) of which modules/llm/cpu_variant.c picks one at boot.
 SRC_C += modules/llm/modllm.c modules/llm/cpu_variant.c
-SRC_CXX += modules/llm/model.cpp modules/llm/llm.cpp modules/llm/json_check.cpp modules/llm/decoder.cpp modules/llm/sampler.cpp modules/llm/chat.cpp modules/llm/common_log.cpp modules/llm/embed.cpp
+SRC_CXX += modules/llm/model.cpp modules/llm/llm.cpp modules/llm/json_check.cpp modules/llm/decoder.cpp modules/llm/sampler.cpp modules/llm/chat.cpp modules/llm/common_log.cpp modules/llm/embed.cpp modules/llm/spec.cpp
 INC += -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(LLAMA_SRC)/common -I$(LLAMA_SRC)/vendor -I$(ULAB_TOP)/code
 CXXFLAGS += $(filter-out -std=gnu11,$(CFLAGS)) -std=gnu++17 -fexceptions
 LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, sse2/common/libllama-common.a sse2/common/libllama-common-base.a \

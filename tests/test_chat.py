@@ -77,6 +77,17 @@ def call_bias(g):
             str(g.ids["<|im_end|>"]): 30}
 
 
+# Where the model must open a call itself (tool_choice auto: the lazy grammar waits for "<tool_call>\n"):
+# the penalties count the prompt too, as llama-server's do, so the question runs on past the template's
+# newlines and tags (out of the 64 tokens penalised), and the biases pay for the newlines that remain
+# ("\n<|im_start|>assistant\n", and <|im_end|> once).
+ASK_AUTO = [{"role": "user", "content": "What is the weather in Paris? " + "Please answer briefly and clearly. " * 10}]
+
+
+def auto_bias(g):
+    return dict(call_bias(g), **{str(g.ids["\n"]): 140, str(g.ids["<|im_end|>"]): 80})
+
+
 def chat(g, body, path="/v1/chat/completions"):
     status, out = request(g, "POST", path, body, timeout=600)
     assert status == 200, out
@@ -97,8 +108,8 @@ def test_tool_call_round_trip_with_the_openai_client(qwen):
     is message.tool_calls with an id and JSON arguments, finish_reason tool_calls; the call and the
     tool's result go back in the history and the model answers."""
     c = qwen.client
-    r = c.chat.completions.create(model="m", messages=ASK, tools=[WEATHER], parallel_tool_calls=False,
-                                  temperature=0, max_tokens=300, logit_bias=call_bias(qwen), frequency_penalty=50)
+    r = c.chat.completions.create(model="m", messages=ASK_AUTO, tools=[WEATHER], parallel_tool_calls=False,
+                                  temperature=0, max_tokens=300, logit_bias=auto_bias(qwen), frequency_penalty=50)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     (call,) = choice.message.tool_calls
@@ -106,7 +117,7 @@ def test_tool_call_round_trip_with_the_openai_client(qwen):
     args = json.loads(call.function.arguments)
     assert args in ({"city": "Paris"}, {"city": "Oslo"})
     assert not choice.message.content
-    history = ASK + [choice.message.model_dump(exclude_none=True),
+    history = ASK_AUTO + [choice.message.model_dump(exclude_none=True),
                      {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
     prompt = chat(qwen, {"messages": history, "tools": [WEATHER]}, "/apply-template")["prompt"]
     assert "<tool_response>\nsunny, 21 C\n</tool_response>" in prompt
@@ -120,8 +131,8 @@ def test_tool_call_round_trip_with_the_openai_client(qwen):
 def test_tool_call_streamed_as_llama_server_streams_it(qwen):
     """The same call streamed: one delta with the call's index, id, type and name, then its
     arguments in pieces; the pieces make the non-streamed arguments."""
-    body = {"messages": ASK, "tools": [WEATHER], "parallel_tool_calls": False, "temperature": 0, "max_tokens": 300,
-            "logit_bias": call_bias(qwen), "frequency_penalty": 50}
+    body = {"messages": ASK_AUTO, "tools": [WEATHER], "parallel_tool_calls": False, "temperature": 0, "max_tokens": 300,
+            "logit_bias": auto_bias(qwen), "frequency_penalty": 50}
     whole = chat(qwen, body)["choices"][0]["message"]["tool_calls"][0]
     ev = events(qwen, "/v1/chat/completions", dict(body, stream=True))
     assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": None} and ev[-1] == "[DONE]"
@@ -136,9 +147,9 @@ def test_tool_call_streamed_as_llama_server_streams_it(qwen):
     assert ev[-2]["choices"][0]["finish_reason"] == "tool_calls" and "timings" in ev[-2]
     # and through the client's own stream reader
     args, finish = "", None
-    for chunk in qwen.client.chat.completions.create(model="m", stream=True, messages=ASK, tools=[WEATHER],
+    for chunk in qwen.client.chat.completions.create(model="m", stream=True, messages=ASK_AUTO, tools=[WEATHER],
                                                      parallel_tool_calls=False, temperature=0, max_tokens=300,
-                                                     logit_bias=call_bias(qwen), frequency_penalty=50):
+                                                     logit_bias=auto_bias(qwen), frequency_penalty=50):
         for tc in chunk.choices[0].delta.tool_calls or () if chunk.choices else ():
             args += tc.function.arguments or ""
         finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish

@@ -187,10 +187,16 @@ class Api:
                   "n_probs": 0, "ignore_eos": False, "timings_per_token": False, "logit_bias": [],
                   "cache_prompt": bool(s.cache_prompt), "chat_format": "Content-only",
                   "reasoning_format": s.reasoning_format, "samplers": list(DEFAULT_SAMPLERS),
-                  "dry_sequence_breakers": ["\n", ":", "\"", "*"]})
+                  "dry_sequence_breakers": ["\n", ":", "\"", "*"],
+                  "speculative.types": self.spec_types()})
         if task:
             p.update(task.params)
         return p
+
+    def spec_types(self):
+        """llama-server's speculative.types: the draft kind in use, or "none"."""
+        spec = self.settings.spec
+        return "none" if not spec else "ngram-simple" if spec == "ngram" else spec
 
     def task_params(self, body, kw, task, chat):
         """What params_json(task) shows: the request's own values, as the sampler got them."""
@@ -458,7 +464,8 @@ class Api:
             raise ApiError(503, "no slot available", "unavailable_error")
         out = []
         for s in engine.slots:
-            info = {"id": s.id, "n_ctx": engine.n_ctx_slot, "speculative": False, "is_processing": s.task is not None}
+            info = {"id": s.id, "n_ctx": engine.n_ctx_slot, "speculative": engine.spec is not None,
+                    "is_processing": s.task is not None}
             t = s.task or s.last
             if t:
                 info.update({"id_task": t.id, "n_prompt_tokens": len(t.prompt),

@@ -32,6 +32,10 @@
     spm_infill=0      1: /infill puts the suffix before the prefix (llama-server's --spm-infill)
     context_shift=0   1: a slot that fills drops the older half of what follows n_keep and goes on
                       (llama-server's --context-shift); 0: it stops there
+    spec=             speculative decoding from n-grams (llama-server's --spec-type): ngram (ngram-simple),
+                      ngram-simple, ngram-map-k, ngram-map-k4v or ngram-mod; default off
+    spec_size_n=12    tokens that must repeat for a draft (--spec-ngram-simple-size-n)
+    spec_size_m=48    the longest draft (--spec-ngram-simple-size-m)
     slot_save=16777216  bytes of the RAM file system /slots that POST /slots/N?action=save writes (0: off)
     cache_prompt=1    reuse a slot's KV cache for the start a prompt shares with its last one (0: llama-server's
                       --no-cache-prompt; a request's own cache_prompt wins)
@@ -67,6 +71,9 @@ DEFAULTS = {
     "prefill_assistant": 1,
     "verbose": 0,
     "spm_infill": 0,
+    "spec": "",
+    "spec_size_n": 12,
+    "spec_size_m": 48,
     "slot_save": 16 * 1024 * 1024,
     "context_shift": 0,
     "cache_prompt": 1,
@@ -74,7 +81,8 @@ DEFAULTS = {
     "serve": 1,
 }
 
-CHOICES = {"http": ("on", "redirect", "off"), "pooling": ("none", "mean", "cls", "last", "rank"), "reasoning": ("on", "off", "auto"),
+CHOICES = {"http": ("on", "redirect", "off"), "pooling": ("none", "mean", "cls", "last", "rank"),
+           "spec": ("ngram", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod"), "reasoning": ("on", "off", "auto"),
            "reasoning_format": ("auto", "deepseek", "deepseek-legacy", "none")}
 
 

@@ -104,6 +104,7 @@ class Task:
         self.n_keep, self.n_discard = 0, 0  # a context shift keeps n_keep tokens, drops n_discard (0: half)
         self.truncated = False          # a context shift dropped some of it
         self.n_cached = 0               # prompt tokens found in the slot's KV cache (not decoded again)
+        self.draft_n, self.draft_accepted = 0, 0    # speculative draft tokens tried, kept
         self.probs = []                 # with n_probs: (token, p, [(id, p), ...]) per generated token
         self.probs_sent = 0
         self.tokens = []
@@ -193,7 +194,7 @@ class Task:
     def timings(self):
         n_prompt, n_gen = len(self.prompt) - self.n_cached, len(self.tokens)
         steps = self.n_sampled - 1      # the first token comes from the prompt's decode
-        return {
+        out = {
             "cache_n": self.n_cached,
             "prompt_n": n_prompt,
             "prompt_ms": self.prompt_ms,
@@ -204,6 +205,9 @@ class Task:
             "predicted_per_token_ms": self.predicted_ms / steps if steps > 0 else 0.0,
             "predicted_per_second": 1000.0 * steps / self.predicted_ms if steps > 0 and self.predicted_ms else 0.0,
         }
+        if self.draft_n:                # as llama-server: only when there were drafts
+            out["draft_n"], out["draft_n_accepted"] = self.draft_n, self.draft_accepted
+        return out
 
 
 def common_prefix(a, b):
@@ -268,6 +272,7 @@ class Engine:
         self.settings = settings
         self.model = None
         self.meta = None
+        self.spec = None                # llm.Speculative with spec= (n-gram drafts), else None
         self.state = "loading"          # "loading", "ready" or "error"
         self.load_error = None
         self.slots = [Slot(i) for i in range(settings.parallel)]
@@ -285,8 +290,12 @@ class Engine:
     def load(self):
         s = self.settings
         try:
+            if s.spec:              # llama-server's --spec-type ngram-*: the model verifies drafts of n_max
+                kind = "ngram-simple" if s.spec == "ngram" else s.spec
+                self.spec = llm.Speculative(s.parallel, kind, size_n=s.spec_size_n, size_m=s.spec_size_m)
             self.model = llm.Model(s.model, n_ctx=s.n_ctx, n_seq=s.parallel, flash_attn=s.flash_attn,
-                                   pooling=s.pooling or None, progress=True)
+                                   pooling=s.pooling or None, n_draft=self.spec.n_max() if self.spec else 0,
+                                   progress=True)
         except Exception as e:
             self.state, self.load_error = "error", e
             raise
@@ -360,6 +369,7 @@ class Engine:
             best.used = self.uses
             best.task = best.last = task
             task.slot = best.id
+            task.sampler.accept(task.prompt, False)     # as llama-server: penalties see the prompt
             task.t_start = time.ticks_ms()
             task.note_progress(keep)            # 0 % of what is to read
 
@@ -478,16 +488,34 @@ class Engine:
         """A step's decode time into the running means of ms per token: generation steps (one token
         per slot) and prompt steps (no slot generating); steps of both kinds tell neither apart."""
         gen, prompt = self.ms_per_token
-        n = sum(len(tokens) for _, tokens in items)
+        n = sum(len(item[1]) for item in items)
         if n == len(items) and all(s.task.n_sampled for s in busy):
             gen = ms / n if gen is None else 0.8 * gen + 0.2 * ms / n
         elif not any(s.task.n_sampled for s in busy):
             prompt = ms / n if prompt is None else 0.8 * prompt + 0.2 * ms / n
         self.ms_per_token = (gen, prompt)
 
+    def draft(self, slot):
+        """llama-server's n-gram draft for a generating slot: what followed the last time the tokens
+        it ends with appeared, as long as the slot's room and the task's n_predict leave."""
+        task = slot.task
+        if not self.spec or not task.n_sampled or task.n_probs:
+            return []
+        n_max = self.n_ctx_slot - len(slot.cache) - 3      # what it keeps never fills the slot (advance's check)
+        if task.n_predict >= 0:
+            n_max = min(n_max, task.n_predict - len(task.tokens) - 1)
+        return self.spec.draft(slot.id, slot.cache, slot.pending[0], n_max) if n_max > 0 else []
+
     async def step(self, busy):
         chunk = self.prefill_chunk(busy)
-        items = [(s.id, s.pending if len(s.pending) <= chunk else s.pending[:chunk]) for s in busy]
+        items, drafts = [], {}
+        for s in busy:
+            draft = self.draft(s)
+            if draft:
+                drafts[s.id] = draft
+                items.append((s.id, s.pending + draft, 1 + len(draft)))
+            else:
+                items.append((s.id, s.pending if len(s.pending) <= chunk else s.pending[:chunk]))
         t0 = time.ticks_us()
         try:
             await self.decode(items)
@@ -502,8 +530,8 @@ class Engine:
         st = self.stats
         st["decodes"] += 1
         st["busy_slots"] += len(busy)
-        for s, (seq, tokens) in zip(busy, items):
-            task = s.task
+        for s, item in zip(busy, items):
+            seq, tokens, task = item[0], item[1], s.task
             if task is None or task.cancelled:  # ended while the decode ran: schedule() frees the slot
                 continue
             prompt = not task.n_sampled         # still reading its prompt (the cached start not decoded again)
@@ -511,6 +539,13 @@ class Engine:
                 task.t_last = t0
             if prompt:
                 st["prompt_tokens"] += len(tokens)
+            if seq in drafts:
+                try:
+                    self.verify(s, drafts[seq])
+                except Exception as e:
+                    task.fail(e)
+                    self._release(s)
+                continue
             s.cache += tokens
             st["n_tokens_max"] = max(st["n_tokens_max"], len(s.cache))
             if prompt:
@@ -519,6 +554,8 @@ class Engine:
                 s.pending = s.pending[len(tokens):]
                 continue
             try:                # whatever goes wrong ends this task, never the scheduler
+                if self.spec and prompt:
+                    self.spec.begin(seq, s.cache)
                 token = task.sampler.sample(seq)
                 self.timed(task, prompt)
                 if task.n_probs and not self.model.is_eog(token):
@@ -529,14 +566,37 @@ class Engine:
                 task.fail(e)
                 self._release(s)
 
-    def timed(self, task, prompt):
+    def verify(self, slot, draft):
+        """After a decode of the slot's last token and a draft: the draft's tokens the sampler draws
+        too, and the one it draws after them (llama-server's common_sampler_sample_and_accept_n); the
+        KV cells of the rest go."""
+        task, seq = slot.task, slot.id
+        ids = task.sampler.sample_n(seq, draft)
+        n = len(ids) - 1
+        self.spec.accept(seq, n)
+        slot.cache += slot.pending + draft[:n]
+        self.model.kv_remove(seq, len(slot.cache), -1)
+        st = self.stats
+        st["n_tokens_max"] = max(st["n_tokens_max"], len(slot.cache))
+        st["draft_tokens"] += len(draft)
+        st["draft_accepted"] += n
+        st["drafts"] += 1
+        task.draft_n += len(draft)
+        task.draft_accepted += n
+        self.timed(task, False, len(ids))
+        for token in ids:
+            self.advance(slot, token)
+            if task.done:
+                break
+
+    def timed(self, task, prompt, n=1):
         """Timings as llama-server keeps them: the prompt from its decode's start to the first token
         sampled, generation from there to the last token sampled (wall time: the decodes, sampling,
         the HTTP tasks between them, all of it), over one step fewer than tokens sampled."""
         now = time.ticks_us()
         ms = time.ticks_diff(now, task.t_last) / 1000
         task.t_last = now
-        task.n_sampled += 1
+        task.n_sampled += n
         if prompt:
             task.prompt_ms += ms
             self.stats["prompt_ms"] += ms

@@ -122,6 +122,7 @@ void decoder_queue(llm_model_obj_t *self, decode_item *items, size_t n, bool emb
     for (size_t i = 0; i < n; i++) {
         d->items[i].seq = items[i].seq;
         d->items[i].n = items[i].n;
+        d->items[i].n_out = items[i].n_out;
         d->items[i].tokens = next;
         memcpy(next, items[i].tokens, items[i].n * sizeof(llama_token));
         next += items[i].n;

@@ -62,6 +62,7 @@ static decode_item *inputs_arg(llm_model_obj_t *m, mp_obj_t inputs, size_t *n, b
     if (*is_one) {
         decode_item *one = m_new(decode_item, 1);
         one->seq = 0;
+        one->n_out = 1;
         one->tokens = tokens_arg(m, inputs, &one->n);
         *n = 1;
         return one;
@@ -72,6 +73,7 @@ static decode_item *inputs_arg(llm_model_obj_t *m, mp_obj_t inputs, size_t *n, b
     decode_item *out = m_new(decode_item, len);
     for (size_t i = 0; i < len; i++) {
         out[i].seq = (int)i;
+        out[i].n_out = 1;
         out[i].tokens = tokens_arg(m, items[i], &out[i].n);
     }
     *n = len;
@@ -143,8 +145,14 @@ void embed_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_re
             }
         }
         r->ret = llama_decode(ctx, batch);
+        if (r->ret == -2) {     // its buffers: every token is an output, of n_vocab logits
+            snprintf(r->message, sizeof(r->message), "not enough memory for the embeddings of %d tokens "
+                     "(llama.cpp computes %d logits for each)", total, llama_vocab_n_tokens(m->vocab));
+        }
         if (r->ret != 0) {
-            snprintf(r->message, sizeof(r->message), "%s", log_error);
+            if (r->ret != -2) {
+                snprintf(r->message, sizeof(r->message), "%s", log_error);
+            }
             return;
         }
         out->pooling = llama_pooling_type(ctx);

@@ -228,16 +228,21 @@ static bool run_batch(llm_model_obj_t *m, decode_result *r) {
     return true;
 }
 
-// [(seq_id, tokens), ...] as decode items (on the GC heap), checked against the model
+// [(seq_id, tokens[, n_out]), ...] as decode items (on the GC heap), checked against the model
 decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n) {
     mp_obj_t *pairs;
     mp_obj_get_array(items_in, n, &pairs);
     decode_item *items = m_new(decode_item, *n ? *n : 1);
     for (size_t i = 0; i < *n; i++) {
+        size_t len;
         mp_obj_t *pair;
-        mp_obj_get_array_fixed_n(pairs[i], 2, &pair);
+        mp_obj_get_array(pairs[i], &len, &pair);
+        if (len != 2 && len != 3) {
+            mp_raise_ValueError(MP_ERROR_TEXT("each item is (seq_id, tokens) or (seq_id, tokens, n_out)"));
+        }
         items[i].seq = seq_arg(m, pair[0]);
         items[i].tokens = tokens_arg(m, pair[1], &items[i].n);
+        items[i].n_out = len == 3 ? (size_t)mp_obj_get_int(pair[2]) : 1;
     }
     return items;
 }
@@ -246,10 +251,16 @@ void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items) {
     if ((int)n_items > m->n_batch) {
         mp_raise_ValueError(MP_ERROR_TEXT("more sequences than n_batch"));
     }
+    size_t n_out = 0;
     for (size_t i = 0; i < n_items; i++) {
         if (items[i].n == 0) {
             mp_raise_ValueError(MP_ERROR_TEXT("nothing to decode: empty token list"));
         }
+        if (items[i].n_out < 1 || items[i].n_out > items[i].n || (int)items[i].n_out > 1 + m->n_draft) {
+            mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_out must be 1 to the tokens given and at most "
+                              "1 + n_draft (%d)"), 1 + m->n_draft);
+        }
+        n_out += items[i].n_out;
         llama_pos pos = next_pos(m, items[i].seq);
         if (pos + (llama_pos)items[i].n > m->n_ctx) {
             mp_raise_msg_varg(&mp_type_ValueError,
@@ -262,9 +273,12 @@ void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items) {
             }
         }
     }
+    if ((int)n_out > m->n_batch) {
+        mp_raise_ValueError(MP_ERROR_TEXT("more tokens with logits than n_batch"));
+    }
 }
 
-// Each sequence's tokens but the last go through in chunks of n_batch; then all the last tokens
+// Each sequence's tokens but the last n_out go through in chunks of n_batch; then all the last ones
 // share one batch, so every sequence has its logits at once. No MicroPython in here.
 void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r) {
     r->cpp_failed = false;
@@ -276,7 +290,7 @@ void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_r
     b->n_tokens = 0;
     for (size_t i = 0; i < n_items; i++) {
         llama_pos pos = next_pos(m, items[i].seq);
-        for (size_t k = 0; k + 1 < items[i].n; k++) {
+        for (size_t k = 0; k + items[i].n_out < items[i].n; k++) {
             batch_add(b, items[i].tokens[k], pos + (llama_pos)k, items[i].seq, false);
             if (b->n_tokens == m->n_batch && !run_batch(m, r)) {
                 return;
@@ -288,8 +302,11 @@ void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_r
     }
     for (size_t i = 0; i < n_items; i++) {
         llama_pos pos = next_pos(m, items[i].seq);
-        m->logits_index[items[i].seq] = b->n_tokens;
-        batch_add(b, items[i].tokens[items[i].n - 1], pos, items[i].seq, true);
+        for (size_t k = 0; k < items[i].n_out; k++) {
+            batch_add(b, items[i].tokens[items[i].n - items[i].n_out + k], pos + (llama_pos)k, items[i].seq, true);
+        }
+        m->logits_index[items[i].seq] = b->n_tokens - 1;
+        m->logits_n[items[i].seq] = (int)items[i].n_out;
     }
     run_batch(m, r);
 }
@@ -332,6 +349,7 @@ mp_obj_t llm_model_decode(size_t n_args, const mp_obj_t *pos_args, mp_map_t *kw_
     decode_item item;
     item.seq = seq_arg(self, MP_OBJ_NEW_SMALL_INT(args[ARG_seq_id].u_int));
     item.tokens = tokens_arg(self, args[ARG_tokens].u_obj, &item.n);
+    item.n_out = 1;
     decode_items(self, &item, 1);
     return mp_const_none;
 }
@@ -568,6 +586,7 @@ mp_obj_t llm_generator_iternext(mp_obj_t self_in) {
     llm_model_obj_t *m = open_context(MP_OBJ_FROM_PTR(g->model));
     decode_item item;
     item.seq = g->seq;
+    item.n_out = 1;
     if (g->prompt != mp_const_none) {
         item.tokens = tokens_arg(m, g->prompt, &item.n);
         g->prompt = mp_const_none;

@@ -21,6 +21,8 @@ typedef struct {
     const struct llama_vocab *vocab;
     int n_ctx, n_batch, n_seq;
     int *logits_index;      // per sequence: batch index of its logits in the last decode, or -1
+    int *logits_n;          // ... and how many positions had logits, ending there (1 + a draft's tokens)
+    int n_draft;            // draft tokens a decode may verify per sequence (Model(n_draft=))
     void *batch;            // struct llama_batch, n_batch tokens
     struct decoder *decoder;    // the thread of decode_start(), once there has been one
     struct ggml_threadpool *threadpool;             // ggml's workers, for the context's lifetime
@@ -87,7 +89,8 @@ mp_obj_t llm_model_embed_result(size_t n_args, const mp_obj_t *args);
 
 mp_obj_t llm_sampler_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);
 mp_obj_t llm_sampler_sample(size_t n_args, const mp_obj_t *args);
-mp_obj_t llm_sampler_accept(mp_obj_t self, mp_obj_t token);
+mp_obj_t llm_sampler_sample_n(mp_obj_t self, mp_obj_t seq, mp_obj_t draft);
+mp_obj_t llm_sampler_accept(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_sampler_reset(mp_obj_t self);
 mp_obj_t llm_sampler_close(mp_obj_t self);
 mp_obj_t llm_sampling_defaults(void);
@@ -102,6 +105,13 @@ mp_obj_t llm_chat_parser_make_new(const mp_obj_type_t *type, size_t n_args, size
 mp_obj_t llm_chat_parser_close(mp_obj_t self);
 mp_obj_t llm_chat_parser_update(size_t n_args, const mp_obj_t *args);
 mp_obj_t llm_chat_parser_message(mp_obj_t self);
+
+mp_obj_t llm_spec_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *args);  // spec.cpp
+mp_obj_t llm_spec_close(mp_obj_t self);
+mp_obj_t llm_spec_n_max(mp_obj_t self);
+mp_obj_t llm_spec_begin(mp_obj_t self, mp_obj_t seq, mp_obj_t tokens);
+mp_obj_t llm_spec_draft(size_t n_args, const mp_obj_t *args);
+mp_obj_t llm_spec_accept(mp_obj_t self, mp_obj_t seq, mp_obj_t n);
 
 mp_obj_t llm_verbose(mp_obj_t on);
 mp_obj_t llm_json_check(size_t n_args, const mp_obj_t *args);     // json_check.cpp

@@ -64,6 +64,7 @@ struct decode_item {
     int seq;
     llama_token *tokens;
     size_t n;
+    size_t n_out;               // the last n_out tokens get logits (1; more to verify a draft)
 };
 
 // What a decode came to, kept apart from MicroPython: a decode may run in the decoder thread,
@@ -74,7 +75,7 @@ struct decode_result {
     char message[512];
 };
 
-decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n);     // [(seq_id, tokens), ...]
+decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n);     // [(seq_id, tokens[, n_out]), ...]
 void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items);   // raises what is wrong
 void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r);  // no MicroPython
 void decode_raise(const decode_result *r);                                   // r as the exception

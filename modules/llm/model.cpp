@@ -154,7 +154,7 @@ mp_obj_t llm_model_close(mp_obj_t self_in) {
         self->model = nullptr;
     }
     free(self->logits_index);
-    self->logits_index = nullptr;
+    self->logits_index = self->logits_n = nullptr;
     embed_free(self);
     return mp_const_none;
 }
@@ -203,9 +203,9 @@ static llama_flash_attn_type flash_attn_type(mp_obj_t value) {
 }
 
 // Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
-//       pooling=None, vocab_only=False, progress=False)
+//       pooling=None, n_draft=0, vocab_only=False, progress=False)
 mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw, const mp_obj_t *all_args) {
-    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_pooling, ARG_vocab_only, ARG_progress };
+    enum { ARG_path, ARG_n_ctx, ARG_n_batch, ARG_n_seq, ARG_n_threads, ARG_flash_attn, ARG_pooling, ARG_n_draft, ARG_vocab_only, ARG_progress };
     static const mp_arg_t allowed[] = {
         { MP_QSTR_path, MP_ARG_REQUIRED | MP_ARG_OBJ, {.u_obj = MP_OBJ_NULL} },
         { MP_QSTR_n_ctx, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 2048} },
@@ -214,6 +214,7 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
         { MP_QSTR_n_threads, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_flash_attn, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = MP_OBJ_NEW_QSTR(MP_QSTR_auto)} },
         { MP_QSTR_pooling, MP_ARG_KW_ONLY | MP_ARG_OBJ, {.u_obj = mp_const_none} },
+        { MP_QSTR_n_draft, MP_ARG_KW_ONLY | MP_ARG_INT, {.u_int = 0} },
         { MP_QSTR_vocab_only, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
         { MP_QSTR_progress, MP_ARG_KW_ONLY | MP_ARG_BOOL, {.u_bool = false} },
     };
@@ -225,8 +226,9 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     if (n_threads == 0) {
         n_threads = default_threads();
     }
-    if (n_ctx < 8 || n_batch < 1 || n_seq < 1 || n_seq > 64 || n_threads < 1) {
-        mp_raise_ValueError(MP_ERROR_TEXT("need n_ctx >= 8, n_batch >= 1, 1 <= n_seq <= 64, n_threads >= 1"));
+    int n_draft = args[ARG_n_draft].u_int;
+    if (n_ctx < 8 || n_batch < 1 || n_seq < 1 || n_seq > 64 || n_threads < 1 || n_draft < 0 || n_draft > 256) {
+        mp_raise_ValueError(MP_ERROR_TEXT("need n_ctx >= 8, n_batch >= 1, 1 <= n_seq <= 64, n_threads >= 1, 0 <= n_draft <= 256"));
     }
     if (n_threads > cpu_count) {
         mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("n_threads=%d but %d CPUs: one thread per CPU"), n_threads, cpu_count);
@@ -245,7 +247,8 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->batch = nullptr;
     self->threadpool = nullptr;
     self->decoder = nullptr;
-    self->logits_index = nullptr;
+    self->logits_index = self->logits_n = nullptr;
+    self->n_draft = 0;
     self->pooling = pooling;
     self->embd = nullptr;
     log_error[0] = 0;
@@ -278,7 +281,8 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     cparams.flash_attn_type = fa;
     cparams.pooling_type = (enum llama_pooling_type)pooling;    // acts only in embed()'s contexts (embeddings on)
     cparams.kv_unified = true;      // sequences share the n_ctx cells
-    cparams.n_outputs_max = n_seq;  // logits only for each sequence's last token: not n_batch x n_vocab floats
+    // logits only for each sequence's last token (and a draft's, to verify it): not n_batch x n_vocab floats
+    cparams.n_outputs_max = n_seq * (1 + n_draft) < n_batch ? n_seq * (1 + n_draft) : n_batch;
     cparams.no_perf = false;
     log_error[0] = 0;
     GUARD(self->ctx = llama_init_from_model(self->model, cparams));
@@ -292,7 +296,9 @@ mp_obj_t llm_model_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_k
     self->n_ctx = (int)llama_n_ctx(self->ctx);
     self->n_batch = n_batch;
     self->n_seq = n_seq;
-    self->logits_index = (int *)malloc(sizeof(int) * n_seq);
+    self->n_draft = n_draft;
+    self->logits_index = (int *)malloc(sizeof(int) * 2 * n_seq);
+    self->logits_n = self->logits_index + n_seq;
     llama_batch *batch = new (std::nothrow) llama_batch;
     if (!self->logits_index || !batch) {
         delete batch;
@@ -340,6 +346,7 @@ mp_obj_t llm_model_meta(mp_obj_t self_in) {
     dict_int(d, "size", (long long)llama_model_size(self->model));
     dict_int(d, "n_seq", self->n_seq);
     dict_int(d, "n_batch", self->n_batch);
+    dict_int(d, "n_draft", self->n_draft);
     dict_int(d, "n_threads", self->ctx ? llama_n_threads(self->ctx) : 0);
     dict_str(d, "chat_template", llama_model_chat_template(self->model, nullptr));
     dict_str(d, "chat_template_rerank", llama_model_chat_template(self->model, "rerank"));

@@ -3,11 +3,12 @@
 // chat.cpp and json_check.cpp.
 //
 //   m = llm.Model(path, n_ctx=2048, n_batch=512, n_seq=4, n_threads=<threads= or CPUs>, flash_attn="auto",
-//                 pooling=None, vocab_only=False, progress=False)
+//                 pooling=None, n_draft=0, vocab_only=False, progress=False)
 //   m.meta() m.tokenize(text, add_special=True, parse_special=False) m.detokenize(tokens)
 //   m.token_to_piece(t) m.is_eog(t) m.apply_chat_template(messages, add_generation_prompt=True)
 //   m.decode(tokens, seq_id=0) m.decode_batch([(seq_id, tokens), ...]) m.logits(seq_id=0)
 //   m.decode_start([(seq_id, tokens), ...]) m.decode_done(): decode_batch in a thread of its own
+//   (an item (seq_id, tokens, n_out): logits for the last n_out tokens, a draft's; Model(n_draft=) bounds it)
 //   m.probs(seq_id, n, token=None)
 //   m.seq_pos(seq_id) m.kv_remove(seq_id=-1, p0=0, p1=-1) m.kv_shift(seq_id, p0, p1, delta)
 //   m.generate(tokens, sampler, seq_id=0, max_tokens=-1)
@@ -19,7 +20,9 @@
 //                   logit_bias=None, grammar=None, grammar_type="user", grammar_lazy=False, triggers=(),
 //                   generation_prompt="", reasoning_budget=-1, reasoning_start="", reasoning_end=(),
 //                   reasoning_message="")
-//   s.sample(seq_id=0) s.accept(t) s.reset()
+//   s.sample(seq_id=0) s.accept(t or tokens, grammar=True) s.reset() s.sample_n(seq_id, draft) -> the draft's tokens kept + one drawn
+//   sp = llm.Speculative(n_seq, type="ngram-simple", size_n=12, size_m=48, min_hits=1) (n-gram drafts,
+//        common/speculative) sp.n_max() sp.begin(seq_id, tokens) sp.draft(seq_id, tokens, last, n_max) sp.accept(seq_id, n)
 //   c = llm.Chat(m, template=None) c.caps() c.source(variant="") c.apply(request_json) -> {prompt, grammar, ...}
 //   p = llm.ChatParser(format, parser=, generation_prompt=, reasoning_format=, reasoning_in_content=,
 //                      parse_tool_calls=, is_continuation=) p.update(text, partial=True) -> deltas JSON
@@ -114,8 +117,9 @@ MP_DEFINE_CONST_OBJ_TYPE(
     );
 
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_sampler_sample_obj, 1, 2, llm_sampler_sample);
-static MP_DEFINE_CONST_FUN_OBJ_2(llm_sampler_accept_obj, llm_sampler_accept);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_sampler_accept_obj, 2, 3, llm_sampler_accept);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_sampler_reset_obj, llm_sampler_reset);
+static MP_DEFINE_CONST_FUN_OBJ_3(llm_sampler_sample_n_obj, llm_sampler_sample_n);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_sampler_close_obj, llm_sampler_close);
 
 static const mp_rom_map_elem_t llm_sampler_locals_table[] = {
@@ -124,6 +128,7 @@ static const mp_rom_map_elem_t llm_sampler_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_sample), MP_ROM_PTR(&llm_sampler_sample_obj) },
     { MP_ROM_QSTR(MP_QSTR_accept), MP_ROM_PTR(&llm_sampler_accept_obj) },
     { MP_ROM_QSTR(MP_QSTR_reset), MP_ROM_PTR(&llm_sampler_reset_obj) },
+    { MP_ROM_QSTR(MP_QSTR_sample_n), MP_ROM_PTR(&llm_sampler_sample_n_obj) },
 };
 static MP_DEFINE_CONST_DICT(llm_sampler_locals, llm_sampler_locals_table);
 
@@ -131,6 +136,28 @@ MP_DEFINE_CONST_OBJ_TYPE(
     llm_sampler_type, MP_QSTR_Sampler, MP_TYPE_FLAG_NONE,
     make_new, llm_sampler_make_new,
     locals_dict, &llm_sampler_locals
+    );
+
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_spec_close_obj, llm_spec_close);
+static MP_DEFINE_CONST_FUN_OBJ_1(llm_spec_n_max_obj, llm_spec_n_max);
+static MP_DEFINE_CONST_FUN_OBJ_3(llm_spec_begin_obj, llm_spec_begin);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_spec_draft_obj, 5, 5, llm_spec_draft);
+static MP_DEFINE_CONST_FUN_OBJ_3(llm_spec_accept_obj, llm_spec_accept);
+
+static const mp_rom_map_elem_t llm_spec_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___del__), MP_ROM_PTR(&llm_spec_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&llm_spec_close_obj) },
+    { MP_ROM_QSTR(MP_QSTR_n_max), MP_ROM_PTR(&llm_spec_n_max_obj) },
+    { MP_ROM_QSTR(MP_QSTR_begin), MP_ROM_PTR(&llm_spec_begin_obj) },
+    { MP_ROM_QSTR(MP_QSTR_draft), MP_ROM_PTR(&llm_spec_draft_obj) },
+    { MP_ROM_QSTR(MP_QSTR_accept), MP_ROM_PTR(&llm_spec_accept_obj) },
+};
+static MP_DEFINE_CONST_DICT(llm_spec_locals, llm_spec_locals_table);
+
+MP_DEFINE_CONST_OBJ_TYPE(
+    llm_spec_type, MP_QSTR_Speculative, MP_TYPE_FLAG_NONE,
+    make_new, llm_spec_make_new,
+    locals_dict, &llm_spec_locals
     );
 
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_chat_close_obj, llm_chat_close);
@@ -203,6 +230,7 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Sampler), MP_ROM_PTR(&llm_sampler_type) },
     { MP_ROM_QSTR(MP_QSTR_Chat), MP_ROM_PTR(&llm_chat_type) },
     { MP_ROM_QSTR(MP_QSTR_ChatParser), MP_ROM_PTR(&llm_chat_parser_type) },
+    { MP_ROM_QSTR(MP_QSTR_Speculative), MP_ROM_PTR(&llm_spec_type) },
     { MP_ROM_QSTR(MP_QSTR_sampling_defaults), MP_ROM_PTR(&llm_sampling_defaults_obj) },
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },

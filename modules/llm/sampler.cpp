@@ -303,10 +303,22 @@ mp_obj_t llm_sampler_sample(size_t n_args, const mp_obj_t *args) {
 }
 
 // accept(token): tell the sampler about a token chosen elsewhere (penalties, grammar state)
-mp_obj_t llm_sampler_accept(mp_obj_t self_in, mp_obj_t token) {
-    llm_sampler_obj_t *self = open_sampler(self_in);
-    llama_token t = token_arg(self->model, token);
-    GUARD(common_sampler_accept(self->chain, t, true));
+// accept(token or tokens, grammar=True): tokens the sampler's history takes in (penalties, DRY, ...);
+// with grammar=False not the grammar, as llama-server takes a prompt in before its first draw
+mp_obj_t llm_sampler_accept(size_t n_args, const mp_obj_t *args) {
+    llm_sampler_obj_t *self = open_sampler(args[0]);
+    bool grammar = n_args < 3 || mp_obj_is_true(args[2]);
+    size_t n = 1;
+    llama_token one, *tokens = &one;
+    if (mp_obj_is_int(args[1])) {
+        one = token_arg(self->model, args[1]);
+    } else {
+        tokens = tokens_arg(self->model, args[1], &n);
+    }
+    GUARD(
+        for (size_t i = 0; i < n; i++) {
+            common_sampler_accept(self->chain, tokens[i], grammar);
+        });
     return mp_const_none;
 }
 
@@ -314,6 +326,38 @@ mp_obj_t llm_sampler_reset(mp_obj_t self_in) {
     llm_sampler_obj_t *self = open_sampler(self_in);
     GUARD(common_sampler_reset(self->chain));
     return mp_const_none;
+}
+
+// sample_n(seq_id, draft) -> [token, ...]: a draft verified as llama-server verifies one
+// (common_sampler_sample_and_accept_n): the last decode gave the sequence logits for its sampled token
+// and each draft token (a decode item (seq_id, [t] + draft, 1 + len(draft))); the draft's tokens as
+// long as the sampler draws them, then the one it drew instead (or after the whole draft), all accepted
+static std::vector<int> verify_idxs;            // outside any frame that calls MicroPython
+static llama_tokens verify_draft, verified;
+
+mp_obj_t llm_sampler_sample_n(mp_obj_t self_in, mp_obj_t seq_in, mp_obj_t draft_in) {
+    llm_sampler_obj_t *s = open_sampler(self_in);
+    llm_model_obj_t *m = s->model;
+    int seq = seq_arg(m, seq_in);
+    size_t n;
+    llama_token *draft = tokens_arg(m, draft_in, &n);
+    int last = logits_index(m, seq);
+    if ((int)n + 1 != m->logits_n[seq]) {
+        mp_raise_msg_varg(&mp_type_ValueError, MP_ERROR_TEXT("the last decode gave sequence %d logits at %d positions, "
+                          "not 1 + %d draft tokens"), seq, m->logits_n[seq], (int)n);
+    }
+    GUARD(
+        verify_idxs.clear();
+        for (size_t i = 0; i <= n; i++) {
+            verify_idxs.push_back(last - (int)n + (int)i);
+        }
+        verify_draft.assign(draft, draft + n);
+        verified = common_sampler_sample_and_accept_n(s->chain, m->ctx, verify_idxs, verify_draft));
+    mp_obj_t out = mp_obj_new_list(0, nullptr);
+    for (llama_token t : verified) {
+        mp_obj_list_append(out, MP_OBJ_NEW_SMALL_INT(t));
+    }
+    return out;
 }
 
 mp_obj_t llm_sampler_close(mp_obj_t self_in) {
