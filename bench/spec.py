@@ -2,13 +2,15 @@
 (spec=ngram) against the Linux guest's llama-server of the same ggml build (peer-same, --spec-type
 ngram-simple), both with their defaults (a draft once 12 tokens repeat, up to 48 long), in one run.
 
-For each server, without and with drafts: SmolLM2 answers two prompts greedily, BENCH_GEN tokens each
+For each server, without drafts, with the default drafts and with drafts of at most BENCH_SPEC_M
+tokens (--spec-ngram-simple-size-m; under TCG a drafted token costs about half a generated one, so
+a long draft that fails early costs more than it saves): SmolLM2 answers two prompts greedily, BENCH_GEN tokens each
 (ignore_eos): an extraction (repeat a paragraph word for word) and a code edit (rename a variable,
 print the whole function). Generated tok/s is each server's own `timings.predicted_per_second`
 (llama-server's definition, both sides); the drafts' counts come from the same `timings`. The greedy
 text must be the same with and without drafts. One CPU; raw numbers go to build/bench/spec.json.
 
-    make bench-spec             (BENCH_RUNS=1 BENCH_GEN=64 BENCH_PEERS=same)
+    make bench-spec             (BENCH_RUNS=1 BENCH_GEN=64 BENCH_SPEC_M=16 BENCH_PEERS=same)
 """
 import json
 import os
@@ -21,6 +23,9 @@ from compare import KERNEL, MODEL, OUT, PEER_INITRAMFS, PEER_KERNEL, Machine, ma
 RUNS = int(os.environ.get("BENCH_RUNS", 1))
 N_GEN = int(os.environ.get("BENCH_GEN", 64))
 PEERS = [p for p in os.environ.get("BENCH_PEERS", "same").split(",") if p]
+SPEC_M = int(os.environ.get("BENCH_SPEC_M", 16))
+CONFIGS = {"off": ("", ""), "on": (" spec=ngram", " --spec-type ngram-simple"),
+           f"m={SPEC_M}": (f" spec=ngram spec_size_m={SPEC_M}", f" --spec-type ngram-simple --spec-ngram-simple-size-m {SPEC_M}")}
 N_CTX = 2048
 
 TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a small lamp and a "
@@ -40,12 +45,12 @@ def chat_prompt(text):
 
 def servers():
     out = {}
-    for spec in (False, True):
-        cllm = f"n_ctx={N_CTX} parallel=1" + (" spec=ngram" if spec else "")
-        out[("cllm", spec)] = lambda a=cllm: Machine(KERNEL, MODEL, a, smp=1)
+    for config, (cllm_spec, peer_spec) in CONFIGS.items():
+        cllm = f"n_ctx={N_CTX} parallel=1" + cllm_spec
+        out[("cllm", config)] = lambda a=cllm: Machine(KERNEL, MODEL, a, smp=1)
         for p in PEERS:
-            peer = f"console=ttyS0 quiet -- -c {N_CTX} -np 1 -t 1 -tb 1" + (" --spec-type ngram-simple" if spec else "")
-            out[("peer-" + p, spec)] = lambda a=peer, p=p: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), a, smp=1)
+            peer = f"console=ttyS0 quiet -- -c {N_CTX} -np 1 -t 1 -tb 1" + peer_spec
+            out[("peer-" + p, config)] = lambda a=peer, p=p: Machine(PEER_KERNEL, PEER_INITRAMFS.format(p), a, smp=1)
     return out
 
 
@@ -72,27 +77,34 @@ def main():
                 for name, prompt in PROMPTS.items():
                     r = answer(m, prompt)
                     runs.setdefault((key, name), []).append(r)
-                    print(f"  {key[0]:10} drafts {'on ' if key[1] else 'off'} {name:10} run {run + 1}: "
+                    print(f"  {key[0]:10} drafts {key[1]:5} {name:10} run {run + 1}: "
                           f"{r['gen_tps']:.2f} tok/s, drafts {r['draft_accepted']}/{r['draft_n']} accepted", flush=True)
             finally:
                 m.close()
     names = ["cllm"] + ["peer-" + p for p in PEERS]
-    print(f"\n| prompt | server | tok/s without drafts | with | with/without | drafted tokens accepted | same text |")
-    print("|---|---|---|---|---|---|---|")
+    drafted = [c for c in CONFIGS if c != "off"]
+    print("\n| prompt | server | tok/s without drafts | " + " | ".join(f"drafts {c}: tok/s, ratio, accepted" for c in drafted)
+          + " | same text |")
+    print("|---|---|---|" + "---|" * len(drafted) + "---|")
     table = {}
     for name in PROMPTS:
         for server in names:
-            off, on = runs[((server, False), name)], runs[((server, True), name)]
-            a, b = statistics.median(r["gen_tps"] for r in off), statistics.median(r["gen_tps"] for r in on)
-            same = all(r["text"] == off[0]["text"] for r in off + on)
-            table[(name, server)] = (a, b)
-            print(f"| {name} | {server} | {a:.2f} | {b:.2f} | {b / a:.2f}x | "
-                  f"{on[0]['draft_accepted']}/{on[0]['draft_n']} | {'yes' if same else 'NO'} |")
+            off = runs[((server, "off"), name)]
+            a = statistics.median(r["gen_tps"] for r in off)
+            cells, same = [], True
+            for c in drafted:
+                on = runs[((server, c), name)]
+                b = statistics.median(r["gen_tps"] for r in on)
+                table[(name, server, c)] = b
+                same = same and all(r["text"] == off[0]["text"] for r in off + on)
+                cells.append(f"{b:.2f}, {b / a:.2f}x, {on[0]['draft_accepted']}/{on[0]['draft_n']}")
+            print(f"| {name} | {server} | {a:.2f} | " + " | ".join(cells) + f" | {'yes' if same else 'NO'} |")
     for server in names[1:]:
-        ratios = [table[(n, "cllm")][1] / table[(n, server)][1] for n in PROMPTS]
-        print(f"cllm/{server} with drafts: " + ", ".join(f"{n} {r:.2f}x" for n, r in zip(PROMPTS, ratios)))
+        for c in drafted:
+            ratios = [table[(n, "cllm", c)] / table[(n, server, c)] for n in PROMPTS]
+            print(f"cllm/{server}, drafts {c}: " + ", ".join(f"{n} {r:.2f}x" for n, r in zip(PROMPTS, ratios)))
     with open(os.path.join(OUT, "spec.json"), "w") as f:
-        json.dump({f"{k[0][0]}|{'on' if k[0][1] else 'off'}|{k[1]}": v for k, v in runs.items()}, f, indent=1)
+        json.dump({f"{k[0][0]}|{k[0][1]}|{k[1]}": v for k, v in runs.items()}, f, indent=1)
 
 
 if __name__ == "__main__":
