@@ -79,11 +79,29 @@ def partial_stop(text, stops):
     return hold
 
 
-class Task:
+class Pending:
+    """What a request waits for: done (cancelled, or failed with error), and an event when it changes."""
+
+    def __init__(self):
+        self.done = False
+        self.cancelled = False
+        self.error = None
+        self.changed = asyncio.Event()
+
+    async def wait_done(self):
+        while not self.done:
+            self.changed.clear()
+            await self.changed.wait()
+        if self.error:
+            raise self.error
+
+
+class Task(Pending):
     """One request's generation: its prompt, limits, sampler, and the text produced so far."""
     next_id = 0
 
     def __init__(self, prompt, sampler, n_predict=-1, stop=(), return_tokens=False, n_probs=0, cache_prompt=True):
+        super().__init__()
         self.id = Task.next_id
         Task.next_id += 1
         self.prompt = prompt
@@ -113,15 +131,11 @@ class Task:
         self.undecoded = b""            # a UTF-8 character cut between tokens
         self.stop_type = "none"
         self.stopping_word = ""
-        self.done = False
-        self.cancelled = False
-        self.error = None
         self.slot = None
         self.prompt_ms = 0.0            # as llama-server: start of the prompt's decode to the first token
         self.predicted_ms = 0.0         # first token sampled to the last, all the server did between
         self.n_sampled = 0              # tokens sampled, an end-of-generation token too
         self.t_last = 0                 # ticks_us of the last sample (or of the prompt's decode)
-        self.changed = asyncio.Event()
 
     def cancel(self):
         if not self.done:
@@ -166,11 +180,7 @@ class Task:
         return chunk
 
     async def result(self):
-        while not self.done:
-            self.changed.clear()
-            await self.changed.wait()
-        if self.error:
-            raise self.error
+        await self.wait_done()
         self.sent = len(self.text)
         return self.text
 
@@ -218,18 +228,15 @@ def common_prefix(a, b):
     return n
 
 
-class EmbedTask:
+class EmbedTask(Pending):
     """One request's embeddings (or rerank scores): its inputs' tokens, read a group at a time in a
     context of their own between the generation steps; results: one array per input."""
 
     def __init__(self, inputs, normalize=2):
+        super().__init__()
         self.inputs = inputs
         self.normalize = normalize
         self.results = []
-        self.done = False
-        self.cancelled = False
-        self.error = None
-        self.changed = asyncio.Event()
 
     def cancel(self):
         if not self.done:
@@ -245,11 +252,7 @@ class EmbedTask:
         self.finish()
 
     async def result(self):
-        while not self.done:
-            self.changed.clear()
-            await self.changed.wait()
-        if self.error:
-            raise self.error
+        await self.wait_done()
         return self.results
 
 

@@ -236,11 +236,7 @@ mp_obj_t llm_model_embed(size_t n_args, const mp_obj_t *args) {
     bool is_one;
     decode_item *items = inputs_arg(m, args[1], &n, &is_one);
     embed_check(m, items, n);
-    decode_result r;
-    clock_pause_tick(1);
-    embed_run(m, items, n, &r);
-    clock_pause_tick(0);
-    decode_raise(&r);
+    run_here(m, items, n, embed_run);
     mp_obj_t result_args[2] = { args[0], n_args > 2 ? args[2] : MP_OBJ_NEW_SMALL_INT(2) };
     mp_obj_t list = llm_model_embed_result(2, result_args);
     return is_one ? mp_obj_subscr(list, MP_OBJ_NEW_SMALL_INT(0), MP_OBJ_SENTINEL) : list;

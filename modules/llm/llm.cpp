@@ -325,14 +325,20 @@ void decode_raise(const decode_result *r) {
     }
 }
 
-// Decode in this thread, the timer tick paused meanwhile (kernel/clock.c: what it costs under TCG).
-void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
-    decode_check(m, items, n_items);
+// run (decode_run or embed_run) in this thread, the timer tick paused meanwhile (kernel/clock.c:
+// what it costs under TCG); its error raised
+void run_here(llm_model_obj_t *m, decode_item *items, size_t n_items,
+              void (*run)(llm_model_obj_t *, decode_item *, size_t, decode_result *)) {
     decode_result r;
     clock_pause_tick(1);
-    decode_run(m, items, n_items, &r);
+    run(m, items, n_items, &r);
     clock_pause_tick(0);
     decode_raise(&r);
+}
+
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items) {
+    decode_check(m, items, n_items);
+    run_here(m, items, n_items, decode_run);
 }
 
 // decode(tokens, seq_id=0): append tokens to a sequence; its logits become available

@@ -79,7 +79,9 @@ decode_item *items_arg(llm_model_obj_t *m, mp_obj_t items_in, size_t *n);     //
 void decode_check(llm_model_obj_t *m, decode_item *items, size_t n_items);   // raises what is wrong
 void decode_run(llm_model_obj_t *m, decode_item *items, size_t n_items, decode_result *r);  // no MicroPython
 void decode_raise(const decode_result *r);                                   // r as the exception
-void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);
+void decode_items(llm_model_obj_t *m, decode_item *items, size_t n_items);          // checked, then run_here
+void run_here(llm_model_obj_t *m, decode_item *items, size_t n_items,               // in this thread, raising
+              void (*run)(llm_model_obj_t *, decode_item *, size_t, decode_result *));
 // The decoder thread takes a copy of items (checked already) and runs decode_run, or embed_run with embed.
 void decoder_queue(llm_model_obj_t *m, decode_item *items, size_t n_items, bool embed);
 bool decoder_busy(llm_model_obj_t *m);  // a decode_start() has not been ended by decode_done() yet
