@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from test_server import assert_error, boot, repl, request
-from test_upstream import Host
+from test_upstream import served
 from tinymodel import ROOT, make_tiny_model
 
 EMBEDDING = os.path.join(ROOT, "build", "llama", "peer-same", "bin", "llama-embedding")
@@ -150,13 +150,8 @@ def test_model_embed_at_the_console(srv, model):
 def rerank_pair(tmp_path_factory):
     model = make_tiny_model(str(tmp_path_factory.mktemp("models") / "rank.gguf"), vocab="gpt-2", rerank=True,
                             n_ctx_train=2048)
-    host = Host(model, 1024, "--reranking")
-    guest = boot(model, "n_ctx=1024 parallel=1")
-    try:
-        yield guest, host
-    finally:
-        guest.close()
-        host.close()
+    with served(model, 1024, "n_ctx=1024 parallel=1", "--reranking") as both:
+        yield both
 
 
 def test_rerank_equal_to_llama_server(rerank_pair):

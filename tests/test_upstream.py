@@ -2,6 +2,7 @@
 options (peer-same, `make test` builds it), run on the host's 127.0.0.1 with the same tiny GGUF. A
 seeded draw through every sampler gives the same tokens from both, /infill lays out the same
 prompt, and a context shift drops the same tokens: the same common sampler, chain and defaults."""
+import contextlib
 import os
 import subprocess
 import time
@@ -42,18 +43,29 @@ class Host:
         self.proc.wait(30)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    # (n_ctx_train 2048: llama-server fits its context to the model's, and -c 1024 must hold)
-    model = make_tiny_model(str(tmp_path_factory.mktemp("models") / "fim.gguf"), vocab="gpt-2", extra_tokens=FIM,
-                            n_ctx_train=2048)
-    host = Host(model, 1024)
-    guest = boot(model, "n_ctx=1024 parallel=1 cache_prompt=0")
+@contextlib.contextmanager
+def served(model, n_ctx, append, *flags):
+    """(guest, host): the kernel booted with append and llama-server with flags, both serving model."""
+    host = Host(model, n_ctx, *flags)
+    try:
+        guest = boot(model, append)
+    except BaseException:
+        host.close()
+        raise
     try:
         yield guest, host
     finally:
         guest.close()
         host.close()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    # (n_ctx_train 2048: llama-server fits its context to the model's, and -c 1024 must hold)
+    model = make_tiny_model(str(tmp_path_factory.mktemp("models") / "fim.gguf"), vocab="gpt-2", extra_tokens=FIM,
+                            n_ctx_train=2048)
+    with served(model, 1024, "n_ctx=1024 parallel=1 cache_prompt=0") as both:
+        yield both
 
 
 def both(pair, path, body):
@@ -101,17 +113,12 @@ def test_context_shift_equals_llama_servers(tmp_path):
     --context-shift does (n_keep, n_discard):
     greedy past the slot's end, token for token the same; without it the answer stops at the end."""
     model = make_tiny_model(str(tmp_path / "tiny.gguf"), vocab="gpt-2", n_ctx_train=2048)
-    host = Host(model, 128, "--context-shift")
-    guest = boot(model, "n_ctx=128 parallel=1 cache_prompt=0 context_shift=1")
-    try:
+    with served(model, 128, "n_ctx=128 parallel=1 cache_prompt=0 context_shift=1", "--context-shift") as (guest, host):
         for extra in ({}, {"n_keep": 4, "n_discard": 10}, {"n_keep": -1}):
             body = dict({"prompt": PROMPT, "n_predict": 300, "temperature": 0, "return_tokens": True}, **extra)
             ours, theirs = both((guest, host), "/completion", body)
             assert ours["tokens_predicted"] == theirs["tokens_predicted"] == 300 and ours["truncated"] is True
             assert ours["tokens"] == theirs["tokens"], extra
-    finally:
-        guest.close()
-        host.close()
     guest = boot(model, "n_ctx=128 parallel=1 cache_prompt=0")
     try:
         out = request(guest, "POST", "/completion", {"prompt": PROMPT, "n_predict": 300, "temperature": 0})[1]

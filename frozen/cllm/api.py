@@ -10,8 +10,8 @@ import llm
 
 from cllm import chat, chat_page, embed, infill
 from cllm.engine import Busy, ContextExceeded, Task, decode_lossy, utf8_complete
-from cllm.fields import (SAMPLING, all_finished, body_of, completion_id, field, n_predict_of, n_probs_of,
-                         prompt_tokens, prompts_of, response_fields, sampling, stop_list, stream_of, usage)
+from cllm.fields import (SAMPLING, all_finished, body_of, completion_id, field, finish_reason, n_predict_of,
+                         n_probs_of, prompt_tokens, prompts_of, response_fields, sampling, stop_list, stream_of, usage)
 from cllm.http import ApiError, bad_request
 from cllm.slots import SlotFiles
 
@@ -56,10 +56,6 @@ def logprob(p):
 def tokens_cached(task):
     """Tokens of the slot's KV cache once finished: the prompt and all but the last token generated."""
     return len(task.prompt) + max(0, len(task.tokens) - 1)
-
-
-def finish_reason(task):
-    return "stop" if task.stop_type in ("eos", "word") else "length"
 
 
 class Api:

@@ -7,8 +7,8 @@ import json
 
 import llm
 
-from cllm.fields import (all_finished, body_of, completion_id, field, include_usage, json_schema_of, n_predict_of,
-                         n_probs_of, stop_list, usage)
+from cllm.fields import (all_finished, body_of, completion_id, field, finish_reason, include_usage, json_schema_of,
+                         n_predict_of, n_probs_of, stop_list, usage)
 from cllm.http import ApiError, StreamResponse, bad_request
 from cllm.log import log
 
@@ -190,10 +190,10 @@ class ChatRequest:
             raise ApiError(500, str(e), "server_error")
 
 
-def finish_reason(task, message):
-    if task.stop_type in ("eos", "word"):
-        return "tool_calls" if message.get("tool_calls") else "stop"
-    return "length"
+def chat_finish_reason(task, message):
+    """finish_reason, and "tool_calls" where a stopped message holds calls."""
+    reason = finish_reason(task)
+    return "tool_calls" if reason == "stop" and message.get("tool_calls") else reason
 
 
 def final_message(parser, text):
@@ -251,7 +251,7 @@ async def oai_chat(api, req):
                     sent = json.loads(parsers[i].message()).get("content") or ""
                     deltas = [{"content": t.text[len(sent):]}] if t.text.startswith(sent) and t.text != sent else []
                 message = json.loads(parsers[i].message())
-                out += opening(i) + [chunk(d, i) for d in deltas] + [chunk({}, i, finish_reason(t, message))]
+                out += opening(i) + [chunk(d, i) for d in deltas] + [chunk({}, i, chat_finish_reason(t, message))]
             if include_usage(body):
                 out.append(api.oai_object(cid, "chat.completion.chunk", choices=[], usage=usage(*tasks)))
             out[-1]["timings"] = task.timings()
@@ -268,7 +268,7 @@ async def oai_chat(api, req):
     choices = []
     for i, (t, text) in enumerate(zip(tasks, texts)):
         message = final_message(parsers[i], text)
-        choices.append({"finish_reason": finish_reason(t, message), "index": i, "message": message})
+        choices.append({"finish_reason": chat_finish_reason(t, message), "index": i, "message": message})
         if t.probs:
             choices[-1]["logprobs"] = api.oai_logprobs(t.probs)
     out = api.oai_object(cid, "chat.completion", usage=usage(*tasks), timings=task.timings(), choices=choices)

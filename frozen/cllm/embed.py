@@ -7,7 +7,7 @@ import array
 import binascii
 
 from cllm.engine import Busy, EmbedTask
-from cllm.fields import body_of, field
+from cllm.fields import body_of, checked_ids, field, is_token_ids
 from cllm.http import ApiError, bad_request
 
 
@@ -15,11 +15,8 @@ def tokens_of(model, meta, entry, add_special=True):
     """One input as llama-server's tokenize_input_subprompt takes it: text or token ids."""
     if isinstance(entry, str):
         tokens = model.tokenize(entry, add_special, True)
-    elif isinstance(entry, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in entry):
-        tokens = entry
-        for t in tokens:
-            if not 0 <= t < meta["n_vocab"]:
-                raise bad_request("token id {} in the input is out of range (n_vocab {})".format(t, meta["n_vocab"]))
+    elif is_token_ids(entry):
+        tokens = checked_ids(entry, meta["n_vocab"], "input")
     else:
         raise bad_request('"input" must be a string, an array of token ids, or an array of those')
     if not tokens:
@@ -70,7 +67,7 @@ async def embeddings(api, req, oai):
     normalize = field(body, "embd_normalize", int, 2)
     if isinstance(prompt, list) and not prompt:
         raise bad_request('"input" must not be empty')
-    several = isinstance(prompt, list) and not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    several = isinstance(prompt, list) and not is_token_ids(prompt)
     inputs = [tokens_of(engine.model, meta, p) for p in (prompt if several else [prompt])]
     try:
         results = await computed(engine, inputs, normalize)

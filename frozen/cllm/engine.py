@@ -25,13 +25,18 @@ class ContextExceeded(Exception):
         self.n_ctx = n_ctx
 
 
+def utf8_length(b):
+    """The length of the UTF-8 sequence lead byte b begins: 1 (ASCII) to 4, 0 if it begins none."""
+    return 1 if b < 0x80 else 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+
+
 def utf8_complete(data):
     """How many leading bytes of data end on a UTF-8 character boundary."""
     n = len(data)
     for back in range(1, min(4, n) + 1):
         b = data[n - back]
         if b & 0xC0 != 0x80:                 # a lead byte (or ASCII, or no lead at all): complete?
-            need = 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 1
+            need = utf8_length(b) or 1
             return n if need <= back else n - back
     return n
 
@@ -49,7 +54,7 @@ def decode_lossy(data):
     i, n = 0, len(data)
     while i < n:
         b = data[i]
-        need = 1 if b < 0x80 else 2 if 0xC2 <= b < 0xE0 else 3 if 0xE0 <= b < 0xF0 else 4 if 0xF0 <= b < 0xF5 else 0
+        need = utf8_length(b)
         if need == 1:
             out.append(chr(b))
             i += 1

@@ -162,18 +162,27 @@ def n_probs_of(body, chat=False):
     return n
 
 
+def is_token_ids(value):
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def checked_ids(tokens, n_vocab, where):
+    """Token ids of a request, each in the vocabulary: llm checks ids only when it decodes, in one
+    batch with other requests, so a bad id is found here and is this request's 400."""
+    for t in tokens:
+        if not 0 <= t < n_vocab:
+            raise bad_request("token id {} in the {} is out of range (n_vocab {})".format(t, where, n_vocab))
+    return tokens
+
+
 def prompt_tokens(prompt, model, n_vocab):
     """A prompt as llama-server takes it: a string, token ids, or a one-element array of either."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, str):
         tokens = model.tokenize(prompt, True, True)
-    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        tokens = prompt
-        # llm checks ids only when it decodes, in one batch with other requests: a bad id is this one's 400
-        for t in tokens:
-            if not 0 <= t < n_vocab:
-                raise bad_request("token id {} in the prompt is out of range (n_vocab {})".format(t, n_vocab))
+    elif is_token_ids(prompt):
+        tokens = checked_ids(prompt, n_vocab, "prompt")
     else:
         raise bad_request("'prompt' must be a string or an array of token ids")
     if not tokens:
@@ -187,6 +196,11 @@ def prompts_of(prompt, model, n_vocab):
     if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
         return [prompt_tokens(p, model, n_vocab) for p in prompt]
     return [prompt_tokens(prompt, model, n_vocab)]
+
+
+def finish_reason(task):
+    """OpenAI's finish_reason of a finished task."""
+    return "stop" if task.stop_type in ("eos", "word") else "length"
 
 
 def response_fields(body, out):
