@@ -52,12 +52,12 @@ def stream_chat(g, i, disconnect):
             data += chunk
         if disconnect:
             return None
-        while not data.rstrip().endswith(b"data: [DONE]"):
+        while not data.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"):     # chunked: an HTTP/1.1 request
             chunk = s.recv(4096)
             if not chunk:
-                return "stream ended without [DONE]: %r" % data[-200:]
+                return "stream ended without [DONE] and the last chunk: %r" % data[-200:]
             data += chunk
-    return None if data.startswith(b"HTTP/1.0 200") else "status %r" % data[:40]
+    return None if data.startswith(b"HTTP/1.1 200") else "status %r" % data[:40]
 
 
 def client(g, kind, tally, stop, first_greedy):

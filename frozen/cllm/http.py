@@ -303,6 +303,10 @@ class Server(Microdot):
             res = Response(body, code, {"Connection": "close"})
         else:
             res = await self.dispatch_request(req)
+            # a stream to an HTTP/1.1 client goes chunked, as llama-server's: a server (or a balancer's
+            # box) that dies mid-stream is then an incomplete body, not a stream that just ended
+            if isinstance(res, StreamResponse) and req is not None and req.http_version == "1.1":
+                res.chunked = True
         try:
             if res != Response.already_handled:
                 await write_response(res, writer)
@@ -319,7 +323,11 @@ async def write_response(res, writer):
     QEMU's network. Streams (SSE) keep microdot's loop, with the head in one write (OneHead)."""
     res.complete()
     if not isinstance(res.body, bytes):
-        return await res.write(OneHead(writer))
+        head = OneHead(writer, getattr(res, "chunked", False))
+        await res.write(head)
+        if head.chunked and head.head is None:
+            await writer.awrite(b"0\r\n\r\n")     # the last chunk: the stream is complete
+        return
     reason = res.reason if res.reason is not None else ("OK" if res.status_code == 200 else "N/A")
     parts = ["HTTP/1.0 {} {}\r\n".format(res.status_code, reason)]
     for header, value in res.headers.items():
@@ -333,11 +341,13 @@ async def write_response(res, writer):
 class OneHead:
     """The writer microdot's Response.write gets for a stream: the status line and headers, which it
     writes a line at a time, go out as one write with the blank line that ends them; the body's
-    pieces (Server-Sent Events) as they come."""
+    pieces (Server-Sent Events) as they come. chunked: an HTTP/1.1 head with Transfer-Encoding: chunked,
+    each piece a chunk (write_response sends the last, empty one)."""
 
-    def __init__(self, writer):
+    def __init__(self, writer, chunked=False):
         self.writer = writer
         self.head = b""
+        self.chunked = chunked
 
     async def awrite(self, data):
         if self.head is not None:
@@ -345,6 +355,10 @@ class OneHead:
             if data != b"\r\n":
                 return
             data, self.head = self.head, None
+            if self.chunked:            # microdot's status line says HTTP/1.0
+                data = b"HTTP/1.1" + data[8:-2] + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        elif self.chunked:
+            data = ("%x\r\n" % len(data)).encode() + data + b"\r\n"
         await self.writer.awrite(data)
 
 
