@@ -58,7 +58,7 @@ QEMU_CONSOLE = $(if $(filter pty,$(CONSOLE)),-display none -serial pty -monitor 
 	-display none -chardev stdio$(comma)id=con$(comma)mux=on$(comma)signal=off -serial chardev:con -mon chardev=con$(comma)mode=readline)
 QUIT_HINT = $(if $(filter pty,$(CONSOLE)),console on the pty below; 'quit' at (qemu) quits,Ctrl-A x quits)
 
-.PHONY: all help setup deps kernel run run-debug image run-image peer test soak bench bench-boot bench-llm bench-responsive clean distclean
+.PHONY: all help setup deps kernel run run-debug image run-image fleet peer test soak bench bench-boot bench-llm bench-responsive clean distclean
 
 all: kernel
 
@@ -71,6 +71,10 @@ help:
 	@echo "  make image      one bootable BIOS image $(IMAGE) (hybrid ISO: CD or raw disk/USB stick): GRUB,"
 	@echo "                  the kernel, MODEL as boot module and the command line; prints its size"
 	@echo "  make run-image  boot $(IMAGE) with qemu-system-i386 -cdrom (serial console here, as run)"
+	@echo "  make fleet      N=3 boxes (each as make run boots one: SMP CPUs each, default 1 here) behind HAProxy with"
+	@echo "                  fleet/haproxy.cfg: the balancer on 127.0.0.1:PORT, box K on PORT+K, its stats page on"
+	@echo "                  STATS_PORT (8404); prints the URLs and each console's pty; a box that ends boots again;"
+	@echo "                  Ctrl-C stops all"
 	@echo "  make test       build, then run the test suite (pytest; the kernel booted in QEMU, some answers compared"
 	@echo "                  with the same build's llama-server on the host)"
 	@echo "  make soak       SOAK_MINUTES=20 of mixed load on the server (tiny model): streams, disconnects, greedy"
@@ -79,7 +83,7 @@ help:
 	@echo "                  QEMU, BENCH_RUNS times each, with 1 CPU and with SMP: boot, tokens/s, time to first token,"
 	@echo "                  /health rate, RAM, image size; prints the tables and what SMP CPUs bought each server,"
 	@echo "                  writes $(BUILD)/bench/compare.json and .png (bench/compare.py); SMP=1: one CPU only;"
-	@echo "                  then bench-batching and bench-spec"
+	@echo "                  then bench-batching, bench-spec, bench-fleet and bench-rpc"
 	@echo "  make peer       only build that Linux guest (Debian i386 kernel, busybox, static llama-server): $(PEER)"
 	@echo "  make bench-boot boot-time benchmark (bench/boot.py): QEMU start to first >>> vs. QEMU's own floor"
 	@echo "  make bench-llm  inference speed in the kernel with SMP=1 and SMP CPUs vs. the same llama.cpp build under"
@@ -90,6 +94,10 @@ help:
 	@echo "                  time to first token p50/p99 with 4 and 8 clients, each boot's figure (bench/batching.py)"
 	@echo "  make bench-spec n-gram speculative decoding (spec=ngram) vs none, cllm vs peer-same with --spec-type ngram-simple:"
 	@echo "                  generated tok/s on an extraction and a code edit, drafts accepted, same text (bench/spec.py)"
+	@echo "  make bench-fleet  aggregate generated tok/s through HAProxy with 1, 2, 3 boxes of 1 CPU (SmolLM2, two"
+	@echo "                  clients a box), against one box (bench/fleet.py)"
+	@echo "  make bench-rpc  SmolLM2 through the host's llama-server --rpc with its layers on two boxes (rpc=) against"
+	@echo "                  one box serving it: generated tok/s, same text (bench/rpc.py)"
 	@echo "  make bench-matmul  a Q4_1 matrix times 1, 2, 3, 4, 8 columns in the peer's Linux guest (TCG): ms per column,"
 	@echo "                  the four-column kernel against one column at a time (bench/matmul.py)"
 	@echo "  make bench-spread  BENCH_BOOTS=20 boots each of cllm and peer-same at BENCH_SMP=2 CPUs, interleaved: generated"
@@ -180,6 +188,17 @@ run-image: image
 	@echo "booting $(IMAGE) with $(MEM) RAM; http://127.0.0.1:$(PORT)/ -> guest :80$(TLS_HINT); $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_MACHINE) -cdrom $(IMAGE) $(QEMU_CONSOLE)
 
+# --- a fleet: N boxes behind HAProxy (fleet/haproxy.cfg), all on 127.0.0.1 -------------------
+# One CPU per box unless SMP is given: N boxes of the host's cores each would share the cores.
+N          ?= 3
+STATS_PORT ?= 8404
+FLEET_SMP   = $(if $(filter file,$(origin SMP)),1,$(SMP))
+
+fleet: kernel $(MODEL_DEP) $(VENV)/.stamp
+	@$(CHECK_MODEL)
+	@$(VENV)/bin/python fleet/fleet.py --boxes $(N) --port $(PORT) --stats-port $(STATS_PORT) --smp $(FLEET_SMP) \
+		--mem $(MEM) --model $(MODEL) --kernel $(KERNEL) --append "$(strip $(APPEND))"
+
 # --- the Linux-guest peer that `make bench` compares with ---------------------------------
 # Debian bookworm's i386 kernel and busybox (deps/lock), llama-server from the same sdist built twice
 # (port/build-llama.sh ... peer), each packed with the model into an initramfs (peer/).
@@ -217,6 +236,8 @@ bench: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/compare.py
 	@CLLM_KERNEL=$(abspath $(KERNEL)) BENCH_SMP=$(SMP) $(VENV)/bin/python bench/batching.py
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spec.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/fleet.py
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/rpc.py
 
 bench-boot: kernel $(VENV)/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/boot.py
@@ -227,7 +248,7 @@ bench-llm: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 bench-http: kernel $(LLAMA_BUILD)/.peer-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/api.py
 
-.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul bench-tls bench-spec
+.PHONY: bench-net bench-http bench-tcg bench-spread bench-batching bench-matmul bench-tls bench-spec bench-fleet bench-rpc
 bench-matmul: kernel $(DEPS)/peer-linux/.stamp $(DEPS)/peer-busybox/.stamp $(VENV)/.stamp
 	@$(VENV)/bin/python bench/matmul.py
 
@@ -239,6 +260,12 @@ bench-batching: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 
 bench-spec: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spec.py
+
+bench-fleet: kernel $(VENV)/.stamp $(DEPS)/smollm2/.stamp | $(BUILD)/.sysdeps
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/fleet.py
+
+bench-rpc: kernel $(LLAMA_BUILD)/.server-stamp $(VENV)/.stamp $(DEPS)/smollm2/.stamp
+	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/rpc.py
 
 bench-spread: kernel peer $(VENV)/.stamp $(DEPS)/smollm2/.stamp
 	@CLLM_KERNEL=$(abspath $(KERNEL)) $(VENV)/bin/python bench/spread.py

@@ -9,9 +9,10 @@ set -euo pipefail
 # grub-pc-bin, grub-common, xorriso, mtools: `make image` (grub-mkrescue's BIOS hybrid ISO).
 # chromium, fonts-dejavu-core: tests/test_page.py drives the chat page in headless Chromium and reads
 # text pixels off its screenshot (a font for the glyphs). curl: tests/test_server.py uses it as people do.
+# haproxy: `make fleet` and the fleet tests balance boxes with it (fleet/haproxy.cfg).
 # bzip2: mbedtls' .orig.tar.bz2. openssl: `make run TLS=1`'s self-signed test certificate, and the tests'.
 packages=(gcc-multilib g++-multilib qemu-system-x86 qemu-user ccache xz-utils bzip2 make cmake debian-archive-keyring
-	grub-pc-bin grub-common xorriso mtools chromium fonts-dejavu-core curl openssl)
+	grub-pc-bin grub-common xorriso mtools chromium fonts-dejavu-core curl openssl haproxy)
 
 installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 

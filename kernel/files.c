@@ -1,6 +1,8 @@
 // File descriptors as glibc sees them: 0..2 the console's tty, the others the boot modules,
-// read-only, in one flat directory "/" (what the kernel's files are: no file system on a disk).
+// read-only, in one flat directory "/" (what the kernel's files are: no file system on a disk),
+// and TCP sockets (kernel/sockets.c: their calls; the network layer's operations do the work).
 #include "kernel.h"
+#include "spinlock.h"
 #include <linux/errno.h>
 #include <linux/fcntl.h>
 #include <linux/stat.h>
@@ -13,13 +15,16 @@
 #define TTY_MAJOR   136         // a pseudo-terminal: glibc line-buffers stdout on it
 #define DEV_BOOTFS  0x42        // st_dev of the boot-module file system
 
-enum fd_kind { FD_FREE, FD_CONSOLE, FD_FILE, FD_DIR };
+enum fd_kind { FD_FREE, FD_CONSOLE, FD_FILE, FD_DIR, FD_SOCKET };
 
 struct open_file {
     enum fd_kind kind;
-    int module;         // FD_FILE: index into kernel.modules
-    uint64_t pos;       // FD_FILE: byte offset; FD_DIR: next directory entry
+    int module;         // FD_FILE: index into kernel.modules; FD_SOCKET: the network layer's handle
+    uint64_t pos;       // FD_FILE: byte offset; FD_DIR: next directory entry; FD_SOCKET: O_NONBLOCK
 };
+
+static struct spinlock fds_lock;    // threads open and close descriptors too
+static const struct socket_ops *sockets;
 
 static struct open_file fds[FD_MAX] = {
     [0] = { FD_CONSOLE, 0, 0 }, [1] = { FD_CONSOLE, 0, 0 }, [2] = { FD_CONSOLE, 0, 0 },
@@ -77,6 +82,20 @@ static long resolve(int dirfd, const char *path, int flags, struct open_file *ou
     return 0;
 }
 
+// The lowest free descriptor for f, or -EMFILE.
+static long install(const struct open_file *f) {
+    uint32_t flags = spin_lock(&fds_lock);
+    for (int fd = 0; fd < FD_MAX; fd++) {
+        if (fds[fd].kind == FD_FREE) {
+            fds[fd] = *f;
+            spin_unlock(&fds_lock, flags);
+            return fd;
+        }
+    }
+    spin_unlock(&fds_lock, flags);
+    return -EMFILE;
+}
+
 long files_openat(int dirfd, const char *path, int flags) {
     struct open_file f;
     long err = resolve(dirfd, path, 0, &f);
@@ -92,13 +111,7 @@ long files_openat(int dirfd, const char *path, int flags) {
     if ((flags & O_DIRECTORY) && f.kind != FD_DIR) {
         return -ENOTDIR;
     }
-    for (int fd = 0; fd < FD_MAX; fd++) {
-        if (fds[fd].kind == FD_FREE) {
-            fds[fd] = f;
-            return fd;
-        }
-    }
-    return -EMFILE;
+    return install(&f);
 }
 
 long files_close(int fd) {
@@ -106,8 +119,40 @@ long files_close(int fd) {
     if (!f) {
         return -EBADF;
     }
+    if (f->kind == FD_SOCKET) {
+        sockets->close(f->module);
+    }
     f->kind = FD_FREE;
     return 0;
+}
+
+void files_attach_sockets(const struct socket_ops *ops) {
+    sockets = ops;
+}
+
+const struct socket_ops *files_sockets(void) {
+    return sockets;
+}
+
+long files_open_socket(int handle, int nonblock) {
+    struct open_file f = { FD_SOCKET, handle, (uint64_t)nonblock };
+    long fd = install(&f);
+    if (fd < 0) {
+        sockets->close(handle);
+    }
+    return fd;
+}
+
+int files_socket(int fd, int *nonblock) {
+    struct open_file *f = get(fd);
+    if (!f) {
+        return -EBADF;
+    }
+    if (f->kind != FD_SOCKET) {
+        return -ENOTSOCK;
+    }
+    *nonblock = (int)f->pos;
+    return f->module;
 }
 
 static const struct tty *tty;
@@ -168,6 +213,9 @@ long files_read(int fd, void *buf, uint32_t n) {
     if (f->kind == FD_CONSOLE) {
         return n ? tty_read(buf, n) : 0;
     }
+    if (f->kind == FD_SOCKET) {
+        return sockets->recv(f->module, buf, n, (int)f->pos, 0);
+    }
     long got = files_pread(fd, buf, n, f->pos);
     if (got > 0) {
         f->pos += got;
@@ -179,6 +227,9 @@ long files_write(int fd, const void *buf, uint32_t n) {
     struct open_file *f = get(fd);
     if (!f) {
         return -EBADF;
+    }
+    if (f->kind == FD_SOCKET) {
+        return sockets->send(f->module, buf, n, (int)f->pos);
     }
     if (f->kind != FD_CONSOLE) {
         return -EBADF;  // opened read-only
@@ -198,7 +249,7 @@ long files_lseek(int fd, int64_t off, int whence, uint64_t *result) {
     if (!f) {
         return -EBADF;
     }
-    if (f->kind == FD_CONSOLE) {
+    if (f->kind == FD_CONSOLE || f->kind == FD_SOCKET) {
         return -ESPIPE;
     }
     int64_t base;
@@ -227,6 +278,10 @@ static void describe(const struct open_file *f, struct file_info *fi) {
         fi->size = 0;
         fi->ino = 3;
         fi->rdev_major = TTY_MAJOR;
+    } else if (f->kind == FD_SOCKET) {
+        fi->mode = S_IFSOCK | 0777;
+        fi->size = 0;
+        fi->ino = 0x10000 + (uint32_t)f->module;
     } else if (f->kind == FD_DIR) {
         fi->mode = S_IFDIR | 0555;
         fi->size = 0;
@@ -371,7 +426,6 @@ long files_ioctl(int fd, uint32_t cmd, void *arg) {
 }
 
 long files_fcntl(int fd, int cmd, uint32_t arg) {
-    (void)arg;
     struct open_file *f = get(fd);
     if (!f) {
         return -EBADF;
@@ -379,10 +433,14 @@ long files_fcntl(int fd, int cmd, uint32_t arg) {
     switch (cmd) {
         case F_GETFD:
         case F_SETFD:
+            return 0;
         case F_SETFL:
+            if (f->kind == FD_SOCKET) {
+                f->pos = (arg & O_NONBLOCK) != 0;
+            }
             return 0;
         case F_GETFL:
-            return f->kind == FD_CONSOLE ? O_RDWR : O_RDONLY;
+            return f->kind == FD_SOCKET ? O_RDWR | (f->pos ? O_NONBLOCK : 0) : f->kind == FD_CONSOLE ? O_RDWR : O_RDONLY;
         default:
             return -EINVAL;
     }
@@ -401,6 +459,9 @@ int files_ready(int fd, int events) {
     struct open_file *f = get(fd);
     if (!f) {
         return POLLNVAL;
+    }
+    if (f->kind == FD_SOCKET) {
+        return sockets->ready(f->module, events);
     }
     int ready = events & POLLOUT;
     if (f->kind != FD_CONSOLE || (tty && tty->available())) {

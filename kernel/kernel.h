@@ -109,6 +109,34 @@ int files_ready(int fd, int events);
 // The address of a file's bytes at page offset pgoff, for mmap: no copy is made.
 long files_mmap(int fd, uint32_t len, uint32_t pgoff, uint32_t *addr);
 
+// Sockets: IPv4 TCP for C code (kernel/sockets.c has Linux's calls). The network layer, above this
+// one, hands its operations down at boot (net/sockets.c); until then socket() is EAFNOSUPPORT.
+// A socket is the network layer's handle; addresses are in network order, ports in host order;
+// results are >= 0 or -errno, and a blocking call waits in the calling thread.
+struct socket_ops {
+    int (*open)(void);                                                  // a new handle
+    long (*bind)(int h, uint32_t addr, uint16_t port);
+    long (*listen)(int h, int backlog);
+    long (*accept)(int h, int nonblock, uint32_t *addr, uint16_t *port);   // the connection's handle
+    long (*recv)(int h, void *buf, uint32_t n, int nonblock, int peek);
+    long (*send)(int h, const void *buf, uint32_t n, int nonblock);
+    long (*shutdown)(int h, int how);
+    long (*nodelay)(int h, int on);                                     // TCP_NODELAY
+    long (*error)(int h);                                               // SO_ERROR
+    long (*address)(int h, int peer, uint32_t *addr, uint16_t *port);
+    int (*ready)(int h, int events);                                    // as files_ready
+    void (*close)(int h);
+};
+void files_attach_sockets(const struct socket_ops *ops);
+const struct socket_ops *files_sockets(void);       // NULL until attached
+long files_open_socket(int handle, int nonblock);   // a descriptor for it (closes it on failure)
+int files_socket(int fd, int *nonblock);            // its handle, or -EBADF, -ENOTSOCK
+// sockets.c: the system calls (syscall.c's table), socketcall and the direct ones
+#define SOCKET_SYSCALLS(X) X(socketcall) X(socket) X(bind) X(connect) X(listen) X(accept4) X(getsockopt) \
+    X(setsockopt) X(getsockname) X(getpeername) X(sendto) X(recvfrom) X(shutdown)
+#define SOCKET_SYSCALL_DECLARE(name) long sys_##name(uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
+SOCKET_SYSCALLS(SOCKET_SYSCALL_DECLARE)
+
 // gdt.c (the types are in gdt.h)
 int cpu_id(void);       // this CPU: 0 is the one that booted, the others count up in start-up order
 void gdt_init(void);                                // the boot CPU's

@@ -421,6 +421,7 @@ static long sys_tgkill(ARGS) {
     X(54, ioctl, sys_ioctl) \
     X(78, gettimeofday, sys_gettimeofday) \
     X(85, readlink, sys_enoent) \
+    X(102, socketcall, sys_socketcall) \
     X(91, munmap, sys_munmap) \
     X(116, sysinfo, sys_sysinfo) \
     X(118, fsync, sys_zero) \
@@ -473,6 +474,18 @@ static long sys_tgkill(ARGS) {
     X(311, set_robust_list, sys_zero) \
     X(340, prlimit64, sys_prlimit64) \
     X(355, getrandom, sys_getrandom) \
+    X(359, socket, sys_socket) \
+    X(361, bind, sys_bind) \
+    X(362, connect, sys_connect) \
+    X(363, listen, sys_listen) \
+    X(364, accept4, sys_accept4) \
+    X(365, getsockopt, sys_getsockopt) \
+    X(366, setsockopt, sys_setsockopt) \
+    X(367, getsockname, sys_getsockname) \
+    X(368, getpeername, sys_getpeername) \
+    X(369, sendto, sys_sendto) \
+    X(371, recvfrom, sys_recvfrom) \
+    X(373, shutdown, sys_shutdown) \
     X(383, statx, sys_statx) \
     X(386, rseq, sys_nosys_quiet) \
     X(403, clock_gettime64, sys_clock_gettime64) \

@@ -196,6 +196,7 @@ void net_poll(void) {
     receive();
     check_link();
     sys_check_timeouts();
+    net_sockets_poll();
     polling = 0;
 }
 
@@ -225,7 +226,7 @@ void net_idle(void) {
         return;
     }
     uint32_t flags = irq_save();
-    if (received || e1000_rx_ready(&nic)) {
+    if (received || e1000_rx_ready(&nic) || net_sockets_pending()) {
         received = 0;       // once: a caller that finds nothing new sleeps next time
         irq_restore(flags);
         return;
@@ -285,6 +286,7 @@ void net_init(void (*poll_soon)(void)) {
         return;
     }
     lwip_init();
+    net_sockets_init(net_poll, net_idle);
     netif_add(&netif, NULL, NULL, NULL, NULL, netif_init_e1000, ethernet_input);
     netif_set_default(&netif);
     netif_set_up(&netif);

@@ -25,3 +25,12 @@ const char *net_address_source(void);    // "dhcp", "static" or "none"
 extern unsigned net_assertions;         // failed lwIP assertions (reported, not fatal)
 extern unsigned net_tcp_write_no_memory;  // tcp_write calls that found no memory (modlwip retries them)
 extern unsigned net_time_wait_reused;   // SYNs that started a new connection over a TIME_WAIT one
+
+// sockets.c: TCP sockets for C code in other threads (kernel/sockets.c's system calls), served at
+// each net_poll. Init hands their operations to the kernel, and gets net_poll and net_idle (what a
+// call from the main thread itself waits with); pending: a caller left work for the next poll
+// (net_idle does not sleep then).
+void net_sockets_init(void (*poll)(void), void (*idle)(void));
+void net_sockets_poll(void);
+int net_sockets_pending(void);
+extern unsigned net_sockets_refused;    // connections a listener had no room for

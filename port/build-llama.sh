@@ -21,7 +21,7 @@
 #
 # OUT/peer-stock/bin/llama-server  llama.cpp's default x86 options for a portable build (GGML_NATIVE=OFF:
 #           SSE4.2, AVX, AVX2, FMA, F16C; BMI2 off as it does not build for i386) and no extra flags
-# OUT/peer-same/bin/llama-server   the kernel's sse2 build options and flags exactly
+# OUT/peer-same/bin/llama-server   the kernel's sse2 build options and flags exactly, with ggml's RPC client (--rpc)
 set -euo pipefail
 src=$1 out=$2 what=${3:-kernel}
 
@@ -80,7 +80,8 @@ prefixed() {    # variant
 }
 
 if [[ $what == peer || $what == peer-same ]]; then
-    build peer-same llama-server llama-embedding -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON
+    # with ggml's RPC client (--rpc): the tests put its layers on cllm boxes (rpc=)
+    build peer-same llama-server llama-embedding -- "${sse2_options[@]}" -DLLAMA_BUILD_SERVER=ON -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF
     if [[ $what == peer-same ]]; then      # the tests compare the kernel with this one
         echo "llama.cpp: $out/peer-same/bin/llama-server and llama-embedding ready"
         exit 0

@@ -537,7 +537,152 @@ EVEN_CHUNKS = (
     }
 """)])
 
-EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS, Q8_0_WORDS, *Q4_1_COLUMNS]
+# ggml's RPC server (the kernel's rpc=, modules/llm/rpc.cpp) and client (peer-same's llama-server
+# --rpc): the protocol's sizes are 8 bytes, but both ends sent a size_t, 4 bytes on i386. And what a
+# client sends must never abort the server (a kernel panic here): sizes that do not fit a size_t,
+# tensors outside their buffer, reads and writes past a tensor, graphs with missing or repeated
+# nodes are refused, and the connection is closed, as upstream does for the checks it has.
+RPC = (
+    "ggml/src/ggml-rpc/ggml-rpc.cpp",
+    [("""static bool send_msg(socket_ptr sock, const void * msg, size_t msg_size) {
+    if (!sock->send_data(&msg_size, sizeof(msg_size))) {""",
+      """static bool send_msg(socket_ptr sock, const void * msg, size_t msg_size) {
+    uint64_t size64 = msg_size;     // cllm: 8 bytes on the wire, whatever size_t is
+    if (!sock->send_data(&size64, sizeof(size64))) {"""),
+     ("""    if (!sock->send_data(&input_size, sizeof(input_size))) {""",
+      """    uint64_t size64 = input_size;   // cllm: 8 bytes on the wire, whatever size_t is
+    if (!sock->send_data(&size64, sizeof(size64))) {"""),
+     ("""    try {
+        input.resize(size);
+    } catch (const std::bad_alloc & e) {""",
+      """    try {
+        if (size > (uint64_t) SIZE_MAX / 2) {   // cllm: i386's vector cannot hold it
+            throw std::bad_alloc();
+        }
+        input.resize(size);
+    } catch (const std::exception & e) {"""),
+     ("""    ggml_backend_buffer_t buffer = ggml_backend_buft_alloc_buffer(buft, request.size);""",
+      """    // cllm: a size past size_t is refused, not cut to its low bits
+    ggml_backend_buffer_t buffer = request.size <= SIZE_MAX ? ggml_backend_buft_alloc_buffer(buft, (size_t) request.size) : nullptr;"""),
+     ("""ggml_tensor * rpc_server::deserialize_tensor(struct ggml_context * ctx, const rpc_tensor * tensor) {
+    // Validate tensor type before using it
+    if (tensor->type >= GGML_TYPE_COUNT) {
+        GGML_LOG_ERROR("[%s] invalid tensor type received: %u\\n", __func__, tensor->type);
+        return nullptr;
+    }
+""", """// cllm: the bytes a tensor spans, as ggml_nbytes counts them but in 64 bits, or UINT64_MAX when its
+// shape is one ggml asserts against or its size does not fit a size_t (i386's wraps)
+static uint64_t cllm_tensor_span(const rpc_tensor * t) {
+    const uint64_t blck = ggml_blck_size((ggml_type) t->type), size = ggml_type_size((ggml_type) t->type);
+    uint64_t n = 1, span = 0, step;
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        if (__builtin_mul_overflow(n, (uint64_t) t->ne[i], &n) || n > (uint64_t) INT64_MAX) {
+            return UINT64_MAX;
+        }
+    }
+    if (t->ne[0] % blck != 0) {
+        return UINT64_MAX;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    span = blck == 1 ? size : 0;
+    for (int i = 0; i < GGML_MAX_DIMS; i++) {
+        uint64_t count = blck != 1 && i == 0 ? t->ne[0] / blck : t->ne[i] - 1;
+        if (__builtin_mul_overflow(count, (uint64_t) t->nb[i], &step) || __builtin_add_overflow(span, step, &span)) {
+            return UINT64_MAX;
+        }
+    }
+    return span <= SIZE_MAX / 2 ? span : UINT64_MAX;
+}
+
+ggml_tensor * rpc_server::deserialize_tensor(struct ggml_context * ctx, const rpc_tensor * tensor) {
+    // Validate tensor type before using it
+    if (tensor->type >= GGML_TYPE_COUNT || tensor->op >= GGML_OP_COUNT) {
+        GGML_LOG_ERROR("[%s] invalid tensor type received: %u\\n", __func__, tensor->type);
+        return nullptr;
+    }
+"""),
+     ("""    ggml_tensor * result = ggml_new_tensor_4d(ctx, (ggml_type) tensor->type,""",
+      """    if (cllm_tensor_span(tensor) == UINT64_MAX) {
+        GGML_LOG_ERROR("[%s] tensor shape out of range\\n", __func__);
+        return nullptr;
+    }
+    ggml_tensor * result = ggml_new_tensor_4d(ctx, (ggml_type) tensor->type,"""),
+     ("""        GGML_ASSERT(tensor->data + tensor_size >= tensor->data); // check for overflow
+        GGML_ASSERT(tensor->data >= buffer_start && tensor->data + tensor_size <= buffer_start + buffer_size);""",
+      """        if (tensor->data + tensor_size < tensor->data ||    // cllm: refused, not asserted
+            tensor->data < buffer_start || tensor->data + tensor_size > buffer_start + buffer_size) {
+            GGML_LOG_ERROR("[%s] tensor data out of its buffer\\n", __func__);
+            return nullptr;
+        }"""),
+     ("""        if (in_tensor->data + offset < p0 || in_tensor->data + offset >= p1 || size > (p1 - in_tensor->data - offset)) {""",
+      """        if (in_tensor->data + offset < p0 || in_tensor->data + offset >= p1 || size > (p1 - in_tensor->data - offset) ||
+            offset + size > ggml_nbytes(tensor)) {      // cllm: ggml_backend_tensor_set asserts it"""),
+     ("""            request.size > (p1 - request.tensor.data - request.offset)) {
+                GGML_LOG_ERROR("[%s] requested tensor region (data=0x%" PRIx64 ", offset=%" PRIu64 ", size=%" PRIu64 ") out of buffer bounds [0x%zx, 0x%zx)\\n",
+                               __func__, request.tensor.data, request.offset, request.size, p0, p1);
+                return false;
+        }
+    }
+
+    response.resize(request.size, 0);""",
+      """            request.size > (p1 - request.tensor.data - request.offset) ||
+            request.offset + request.size > ggml_nbytes(tensor)) {  // cllm: ggml_backend_tensor_get asserts it
+                GGML_LOG_ERROR("[%s] requested tensor region (data=0x%" PRIx64 ", offset=%" PRIu64 ", size=%" PRIu64 ") out of buffer bounds [0x%zx, 0x%zx)\\n",
+                               __func__, request.tensor.data, request.offset, request.size, p0, p1);
+                return false;
+        }
+    }
+
+    response.resize(request.size, 0);"""),
+     ("""    for (uint32_t i = 0; i < n_nodes; i++) {
+        memcpy(dest + i * sizeof(uint64_t), &cgraph->nodes[i], sizeof(uint64_t));
+    }""",
+      """    for (uint32_t i = 0; i < n_nodes; i++) {
+        uint64_t id = reinterpret_cast<uint64_t>(cgraph->nodes[i]);    // cllm: 8 bytes of one pointer, not two
+        memcpy(dest + i * sizeof(uint64_t), &id, sizeof(uint64_t));
+    }"""),
+     ("""    if (input.size() < 2*sizeof(uint32_t) + n_nodes*sizeof(uint64_t) + sizeof(uint32_t)) {""",
+      """    if (input.size() < 2*sizeof(uint32_t) + (uint64_t) n_nodes*sizeof(uint64_t) + sizeof(uint32_t)) {  // cllm: 64 bits"""),
+     ("""    if (input.size() < 2*sizeof(uint32_t) + n_nodes*sizeof(uint64_t) + sizeof(uint32_t) + n_tensors*sizeof(rpc_tensor)) {""",
+      """    if (input.size() < 2*sizeof(uint32_t) + n_nodes*sizeof(uint64_t) + sizeof(uint32_t) + (uint64_t) n_tensors*sizeof(rpc_tensor)) {"""),
+     ("""    size_t buf_size = ggml_tensor_overhead()*(n_nodes + n_tensors) + ggml_graph_overhead_custom(n_nodes, false);""",
+      """    if ((uint64_t) ggml_tensor_overhead()*((uint64_t) n_nodes + n_tensors) > SIZE_MAX / 4) {   // cllm: i386
+        return false;
+    }
+    size_t buf_size = ggml_tensor_overhead()*(n_nodes + n_tensors) + ggml_graph_overhead_custom(n_nodes, false);"""),
+     ("""        if (graph->nodes[i] == nullptr && id != 0) {""",
+      """        if (graph->nodes[i] == nullptr) {   // cllm: a null node (id 0) too: computing it would crash"""),
+     ("""            const size_t hash_pos = ggml_hash_insert(&graph->visited_hash_set, graph->nodes[i]);
+""", """            const size_t hash_pos = ggml_hash_insert(&graph->visited_hash_set, graph->nodes[i]);
+            if (hash_pos >= graph->visited_hash_set.size) {     // cllm: a node given twice
+                return false;
+            }
+"""),
+     ("""    ggml_status status = ggml_backend_graph_compute(backends[device], graph);
+    GGML_ASSERT(status == GGML_STATUS_SUCCESS && "Unsuccessful graph computations are not supported with RPC");
+    stored_graphs[device].graph = graph;""",
+      """    for (uint32_t i = 0; i < n_nodes; i++) {   // cllm: a node computed without memory, or from none, would crash
+        const ggml_tensor * node = graph->nodes[i];
+        if (node->op == GGML_OP_NONE || node->op == GGML_OP_RESHAPE || node->op == GGML_OP_VIEW ||
+            node->op == GGML_OP_PERMUTE || node->op == GGML_OP_TRANSPOSE) {
+            continue;
+        }
+        if (node->data == nullptr) {
+            return false;
+        }
+        for (int j = 0; j < GGML_MAX_SRC; j++) {
+            if (node->src[j] != nullptr && node->src[j]->data == nullptr) {
+                return false;
+            }
+        }
+    }
+    ggml_status status = ggml_backend_graph_compute(backends[device], graph);
+    GGML_ASSERT(status == GGML_STATUS_SUCCESS && "Unsuccessful graph computations are not supported with RPC");
+    stored_graphs[device].graph = graph;""")])
+
+EDITS = [KEYS_IN_USE, F32_VALUES, F32_KEYS, GLU_COLUMNS, EVEN_CHUNKS, Q4_1_WORDS, Q8_0_WORDS, *Q4_1_COLUMNS, RPC]
 
 
 def main(src):

@@ -95,6 +95,7 @@ SRC_C += \
 # The lwIP netif, and the drivers as Python modules
 SRC_C += \
 	net/net.c \
+	net/sockets.c \
 	modules/pci/modpci.c \
 	modules/network/network_lan.c \
 	modules/serial/modserial.c \
@@ -105,18 +106,28 @@ SRC_C += \
 # static i386 archives by port/build-llama.sh into $(LLAMA_BUILD) from $(LLAMA_SRC), with two
 # CPU backends (SSE2 and AVX2) of which modules/llm/cpu_variant.c picks one at boot.
 SRC_C += modules/llm/modllm.c modules/llm/cpu_variant.c
-SRC_CXX += modules/llm/model.cpp modules/llm/llm.cpp modules/llm/json_check.cpp modules/llm/decoder.cpp modules/llm/sampler.cpp modules/llm/chat.cpp modules/llm/common_log.cpp modules/llm/embed.cpp modules/llm/spec.cpp
+SRC_CXX += modules/llm/model.cpp modules/llm/llm.cpp modules/llm/json_check.cpp modules/llm/decoder.cpp modules/llm/sampler.cpp modules/llm/chat.cpp modules/llm/common_log.cpp modules/llm/embed.cpp modules/llm/spec.cpp modules/llm/rpc.cpp
 INC += -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -I$(LLAMA_SRC)/common -I$(LLAMA_SRC)/vendor -I$(ULAB_TOP)/code
 CXXFLAGS += $(filter-out -std=gnu11,$(CFLAGS)) -std=gnu++17 -fexceptions
 LLAMA_LIBS = $(addprefix $(LLAMA_BUILD)/, sse2/common/libllama-common.a sse2/common/libllama-common-base.a \
 	sse2/src/libllama.a sse2/ggml/src/libggml.a \
 	libggml-cpu-sse2.a libggml-cpu-avx2.a libggml-base-paged.a)
 
+# llama.cpp's RPC server (modules/llm/rpc.cpp starts it): ggml-rpc's two files, edited by
+# port/patch-llama.py, built as build-llama.sh builds ggml-base (the same flags and defines).
+RPC_OBJ = $(BUILD)/ggml-rpc/ggml-rpc.o $(BUILD)/ggml-rpc/transport.o
+$(BUILD)/ggml-rpc/%.o: $(LLAMA_SRC)/ggml/src/ggml-rpc/%.cpp $(LLAMA_LIBS)
+	$(ECHO) "CXX $<"
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CXX) -m32 -msse2 -mfpmath=sse -fno-pie -ffunction-sections -fno-tree-vectorize -O3 -DNDEBUG -std=gnu++17 \
+		-DGGML_SCHED_MAX_COPIES=4 -D_GNU_SOURCE -D_XOPEN_SOURCE=600 -I$(LLAMA_SRC)/ggml/src -I$(LLAMA_SRC)/ggml/include -c -o $@ $<
+
 SRC_QSTR += $(SRC_C) $(SRC_CXX)
 
 OBJ += $(PY_O)
 OBJ += $(addprefix $(BUILD)/, $(SRC_C:.c=.o) $(SRC_CXX:.cpp=.o))
 OBJ += $(KERNEL_OBJ)
+OBJ += $(RPC_OBJ)
 
 # What the kernel links: each object with no function under a page across a page (port/keep-in-page.sh;
 # TCG chains translated blocks only within a page). The interpreter's own small functions -

@@ -21,12 +21,16 @@ FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|r
 class Host:
     """llama-server on 127.0.0.1 as the guest serves: one slot of n_ctx, one thread, batches of 512."""
 
-    def __init__(self, model, n_ctx, *flags):
+    def __init__(self, model, n_ctx, *flags, log=None):
+        """log: a file for its output (else it is dropped)."""
         assert os.path.exists(SERVER), "llama-server (peer-same) is not built: run the tests with `make test`"
         self.port = free_port()
+        out = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen([SERVER, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(n_ctx),
                                       "-np", "1", "-t", "1", "-b", "512", "--no-warmup", *flags],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=out, stderr=subprocess.STDOUT)
+        if log:
+            out.close()
         deadline = time.time() + 120
         while time.time() < deadline:
             try:

@@ -41,6 +41,9 @@
                       --no-cache-prompt; a request's own cache_prompt wins)
     dashboard=0       leave the VGA screen to the console (default: a status panel on its top rows)
     serve=0           do not start the server even with a model and a NIC
+    rpc=0             be a llama.cpp RPC worker instead: serve ggml's RPC protocol on this TCP port (50052
+                      is llama.cpp's) for a host's `llama-server --rpc box:50052,...`; no model is loaded
+    rpc_threads=0     threads for the RPC worker's computations (0: one per CPU)
 """
 import kernel
 
@@ -79,6 +82,8 @@ DEFAULTS = {
     "cache_prompt": 1,
     "dashboard": 1,
     "serve": 1,
+    "rpc": 0,
+    "rpc_threads": 0,
 }
 
 CHOICES = {"http": ("on", "redirect", "off"), "pooling": ("none", "mean", "cls", "last", "rank"),

@@ -116,6 +116,8 @@ mp_obj_t llm_spec_accept(mp_obj_t self, mp_obj_t seq, mp_obj_t n);
 mp_obj_t llm_verbose(mp_obj_t on);
 mp_obj_t llm_json_check(size_t n_args, const mp_obj_t *args);     // json_check.cpp
 mp_obj_t llm_system_info(void);
+mp_obj_t llm_rpc_start(mp_obj_t port, mp_obj_t threads);     // rpc.cpp
+mp_obj_t llm_rpc_info(void);
 
 #ifdef __cplusplus
 }

@@ -30,6 +30,7 @@
 //   llm.sampling_defaults() (the Sampler's: llama.cpp's, e.g. {"temperature": 0.8, "top_k": 40, ...})
 //   llm.cpu_kernels() llm.system_info() llm.verbose(on) llm.json_schema_to_grammar(schema_json)
 //   llm.json_check(data, max_depth=256)
+//   llm.rpc_start(port, threads) (rpc.cpp: ggml's RPC server, for a host's llama-server --rpc) llm.rpc_info()
 #include <string.h>
 
 #include "py/runtime.h"
@@ -221,6 +222,8 @@ static mp_obj_t llm_cpu_kernels(void) {
     return dict;
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(llm_cpu_kernels_obj, llm_cpu_kernels);
+static MP_DEFINE_CONST_FUN_OBJ_2(llm_rpc_start_obj, llm_rpc_start);
+static MP_DEFINE_CONST_FUN_OBJ_0(llm_rpc_info_obj, llm_rpc_info);
 static MP_DEFINE_CONST_FUN_OBJ_1(llm_json_schema_to_grammar_obj, llm_json_schema_to_grammar);
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(llm_json_check_obj, 1, 2, llm_json_check);
 
@@ -235,6 +238,8 @@ static const mp_rom_map_elem_t llm_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_verbose), MP_ROM_PTR(&llm_verbose_obj) },
     { MP_ROM_QSTR(MP_QSTR_system_info), MP_ROM_PTR(&llm_system_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_cpu_kernels), MP_ROM_PTR(&llm_cpu_kernels_obj) },
+    { MP_ROM_QSTR(MP_QSTR_rpc_start), MP_ROM_PTR(&llm_rpc_start_obj) },
+    { MP_ROM_QSTR(MP_QSTR_rpc_info), MP_ROM_PTR(&llm_rpc_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_json_schema_to_grammar), MP_ROM_PTR(&llm_json_schema_to_grammar_obj) },
     { MP_ROM_QSTR(MP_QSTR_json_check), MP_ROM_PTR(&llm_json_check_obj) },
 };

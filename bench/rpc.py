@@ -1,0 +1,113 @@
+"""A model split over boxes with llama.cpp's RPC backend: the host's llama-server of the kernel's own
+ggml build (peer-same, -t 1) with SmolLM2's layers on two cllm boxes (rpc=50052, one CPU each) against
+one cllm box serving SmolLM2 itself (one CPU), in one run. Each answers the same prompts greedily,
+BENCH_GEN tokens (ignore_eos); generated tok/s is each server's own timings.predicted_per_second,
+and the text must be the same. What the split costs is the price of a model larger than one box
+(an i386 box addresses 4 GiB): every token crosses the network to each box and back. Raw numbers go
+to build/bench/rpc.json.
+
+    make bench-rpc              (BENCH_GEN=32 BENCH_RUNS=2)
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import KERNEL, MODEL, OUT, Machine, machine  # noqa: E402
+from qemu import Guest, free_port  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SERVER = os.path.join(ROOT, "build", "llama", "peer-same", "bin", "llama-server")
+N_GEN = int(os.environ.get("BENCH_GEN", 32))
+RUNS = int(os.environ.get("BENCH_RUNS", 2))
+PROMPTS = ["Write a short poem about the sea.", "Explain what a lighthouse does, in two sentences."]
+
+
+def body(prompt):
+    return {"prompt": f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", "n_predict": N_GEN,
+            "temperature": 0, "ignore_eos": True, "cache_prompt": False}
+
+
+def answers(server):
+    out = []
+    for _ in range(RUNS):
+        for p in PROMPTS:
+            status, raw = server.request("POST", "/completion", body(p), timeout=3600)
+            if status != 200:
+                raise RuntimeError(f"{status}: {raw[:300]}")
+            data = json.loads(raw)
+            out.append((data["content"], data["timings"]["predicted_per_second"]))
+    return out
+
+
+class Split:
+    """llama-server on the host with every layer on the boxes (--rpc), as Machine's request()."""
+
+    def __init__(self, boxes):
+        self.port = free_port()
+        self.log = open(os.path.join(OUT, "rpc-llama-server.log"), "wb")
+        self.proc = subprocess.Popen([SERVER, "-m", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "-c", "2048",
+                                      "-np", "1", "-t", "1", "--rpc", ",".join(f"127.0.0.1:{b.port}" for b in boxes),
+                                      "-ngl", "99"], stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.monotonic() + 600
+        while True:
+            try:
+                if self.request("GET", "/health", timeout=5)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"llama-server --rpc did not come up; see {self.log.name}")
+            time.sleep(1)
+
+    request = Machine.request
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    print(f"bench-rpc: {machine()}; SmolLM2, {len(PROMPTS)} prompts x {RUNS}, {N_GEN} greedy tokens each")
+    one = Machine(KERNEL, MODEL, "n_ctx=2048 parallel=1", smp=1)
+    try:
+        one.wait_ready()
+        alone = answers(one)
+    finally:
+        one.close()
+    boxes = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            g = Guest(append="rpc=50052", mem="512M", timeout=60, hostfwd=[f"tcp:127.0.0.1:{port}-:50052"])
+            g.port = port
+            boxes.append(g)
+        for g in boxes:
+            g.expect(rb"RPC worker on port 50052", timeout=60)
+        split = Split(boxes)
+        try:
+            over_two = answers(split)
+        finally:
+            split.close()
+    finally:
+        for g in boxes:
+            g.close()
+    a = statistics.median(t for _, t in alone)
+    s = statistics.median(t for _, t in over_two)
+    same = [x[0] == y[0] for x, y in zip(alone, over_two)]
+    print("\n| SmolLM2, greedy | generated tok/s (median) | × one box | same text |")
+    print("|---|---|---|---|")
+    print(f"| one cllm box (1 CPU) | {a:.2f} | 1.00× | |")
+    print(f"| host llama-server, layers on two cllm boxes (rpc=, 1 CPU each) | {s:.2f} | {s / a:.2f}× | "
+          f"{sum(same)}/{len(same)} |")
+    with open(os.path.join(OUT, "rpc.json"), "w") as f:
+        json.dump({"machine": machine(), "n_gen": N_GEN, "one_box": alone, "split": over_two}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
