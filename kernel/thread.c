@@ -191,7 +191,10 @@ int cpu0_wait(void) {
     if (!cpu0_shared()) {
         return 0;
     }
-    cpu0_block(0);
+    // Until the next interrupt, as a hlt: any tick or device interrupt chooses the main thread
+    // again; the other thread's deadline a tick ahead does the same for it (without one, a thread
+    // that polls in cpu_idle, as poll() does, would sleep until a futex woke it: never).
+    cpu0_block(clock_ns() + 1000000ull);
     __asm__ volatile ("sti" ::: "memory");
     return 1;
 }

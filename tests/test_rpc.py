@@ -3,9 +3,14 @@ sockets (kernel/sockets.c over lwIP, net/sockets.c) with llama.cpp's own server 
 build's llama-server on the host (peer-same, built with GGML_RPC) runs the tiny model with its layers on
 them: greedy tokens identical to the host alone. Bad RPC input (not HELLO first, wrong sizes,
 truncated commands, huge allocations and messages, tensors outside their buffer, malformed graphs)
-closes the connection or is refused; the box never panics and serves the next client."""
+closes the connection or is refused; the box never panics and serves the next client. And the socket
+calls themselves, as C code in a thread makes them (kernel.socket_test)."""
+import ast
+import errno
 import socket
 import struct
+import threading
+import time
 
 import pytest
 
@@ -200,3 +205,44 @@ def test_layers_on_two_boxes_same_tokens_as_the_host_alone(boxes, tmp_path):
     for b in boxes:
         b.expect(rb"Accepted client connection", timeout=10)
         assert b.alive() and b.line("1+1").strip().endswith(b"2")
+
+
+def test_socket_calls_from_a_thread():
+    """kernel.socket_test: the socket system calls C code makes (non-blocking accept, poll, accept4,
+    options, MSG_PEEK, MSG_WAITALL, send/write, shutdown, EOF, close), in a thread, against a client
+    here; and the calls nothing here serves (IPv6, UDP) refused as Linux refuses them."""
+    port = free_port()
+    with Guest(mem="256M", timeout=60, hostfwd=[f"tcp:127.0.0.1:{port}-:7000"]) as g:
+        g.wait_prompt()
+        answer = []
+
+        def client():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                        s.sendall(b"hello world\n")
+                        data = b""
+                        while chunk := s.recv(100):
+                            data += chunk
+                        if data:
+                            answer.append(data)
+                            return
+                except OSError:
+                    pass
+                time.sleep(0.2)
+
+        t = threading.Thread(target=client)
+        t.start()
+        out = g.line("r = __import__('kernel').socket_test(7000); print(sorted(r.items()))", timeout=90)
+        t.join(60)
+        steps = dict(ast.literal_eval(out.decode().strip().splitlines()[-1]))
+        assert answer == [b"HELLO WORLD\nbye\n"], answer
+        assert steps == {
+            "ipv6": -errno.EAFNOSUPPORT, "udp": -errno.EPROTONOSUPPORT, "socket": 0, "reuseaddr": 0, "bind": 0,
+            "bind_again": -errno.EADDRINUSE, "listen": 0, "getsockname": 7000, "accept_nonblocking": -errno.EAGAIN,
+            "poll": 1, "accept": 0, "peer_is_ipv4": 1, "nodelay": 0, "fl_nonblock": 0, "peek": 5, "peek_again": 1,
+            "recv_waitall": 12, "recv_right": 1, "send": 12, "write": 4, "shutdown": 0,
+            "send_after_shutdown": -errno.EPIPE, "recv_eof": 0, "so_error": 0, "close": 0, "close_listener": 0,
+            "closed_fd": -errno.EBADF}, steps
+        assert g.alive() and g.line("1+1").strip().endswith(b"2")

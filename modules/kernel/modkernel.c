@@ -1,11 +1,18 @@
 // kernel: what the boot code found, counters from the system-call shim, and deliberate
 // faults, allocations and threads that exercise the kernel layer from Python.
+#define _GNU_SOURCE             // pthread_tryjoin_np
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <poll.h>
 
 #include "py/runtime.h"
 #include "py/objstr.h"
@@ -320,6 +327,82 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(kernel_exit_obj, 0, 1, kernel_exit_);
 // version: the kernel's, as its boot banner and uname() give it
 static MP_DEFINE_STR_OBJ(kernel_version_obj, KERNEL_VERSION);
 
+// socket_test(port) -> {step: result}: the socket system calls (kernel/sockets.c, served by lwIP in
+// net/sockets.c) as C code in a thread of its own makes them, against a client the host connects
+// within 60 s: it sends "hello world\n", reads the answer to its end, closes. Python's thread waits
+// for the thread meanwhile (its waits run the network). Each result is what the call returned, or -errno.
+static struct {
+    const char *name;
+    long value;
+} socket_steps[40];
+static int socket_step_count;
+static int socket_port;
+
+#define STEP(name, expr) do { long r_ = (long)(expr); \
+    socket_steps[socket_step_count++] = (typeof(socket_steps[0])){ name, r_ < 0 ? -errno : r_ }; } while (0)
+
+static void *socket_test_thread(void *arg) {
+    (void)arg;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(socket_port) }, got;
+    socklen_t alen = sizeof got, elen = sizeof(int);
+    int one = 1, err = 0;
+    char buf[64];
+    STEP("ipv6", socket(AF_INET6, SOCK_STREAM, 0));
+    STEP("udp", socket(AF_INET, SOCK_DGRAM, 0));
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    STEP("socket", s >= 0 ? 0 : -1);
+    STEP("reuseaddr", setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one));
+    STEP("bind", bind(s, (struct sockaddr *)&a, sizeof a));
+    int s2 = socket(AF_INET, SOCK_STREAM, 0);
+    STEP("bind_again", bind(s2, (struct sockaddr *)&a, sizeof a));
+    close(s2);
+    STEP("listen", listen(s, 4));
+    STEP("getsockname", getsockname(s, (struct sockaddr *)&got, &alen) ? -1 : ntohs(got.sin_port));
+    STEP("accept_nonblocking", accept(s, NULL, NULL));
+    struct pollfd p = { s, POLLIN, 0 };
+    STEP("poll", poll(&p, 1, 60000));
+    alen = sizeof got;
+    int c = accept4(s, (struct sockaddr *)&got, &alen, 0);
+    STEP("accept", c >= 0 ? 0 : -1);
+    STEP("peer_is_ipv4", got.sin_family == AF_INET && alen == sizeof got);
+    STEP("nodelay", setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one));
+    STEP("fl_nonblock", fcntl(c, F_GETFL) & O_NONBLOCK);
+    STEP("peek", recv(c, buf, 5, MSG_PEEK | MSG_WAITALL));
+    STEP("peek_again", recv(c, buf + 5, 5, MSG_PEEK) == 5 && memcmp(buf, buf + 5, 5) == 0);
+    STEP("recv_waitall", recv(c, buf, 12, MSG_WAITALL));
+    STEP("recv_right", memcmp(buf, "hello world\n", 12) == 0);
+    STEP("send", send(c, "HELLO WORLD\n", 12, 0));
+    STEP("write", write(c, "bye\n", 4));
+    STEP("shutdown", shutdown(c, SHUT_WR));
+    STEP("send_after_shutdown", send(c, "x", 1, MSG_NOSIGNAL));
+    STEP("recv_eof", recv(c, buf, sizeof buf, 0));
+    STEP("so_error", getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &elen) ? -1 : err);
+    STEP("close", close(c));
+    STEP("close_listener", close(s));
+    STEP("closed_fd", send(c, "x", 1, 0));
+    return NULL;
+}
+
+static mp_obj_t kernel_socket_test(mp_obj_t port_in) {
+    socket_port = mp_obj_get_int(port_in);
+    socket_step_count = 0;
+    pthread_t t;
+    int err = pthread_create(&t, NULL, socket_test_thread, NULL);
+    if (err) {
+        mp_raise_OSError(err);
+    }
+    while (pthread_tryjoin_np(t, NULL) == EBUSY) {
+        mp_event_wait_ms(1);            // the network runs here
+    }
+    mp_obj_t d = mp_obj_new_dict(0);
+    for (int i = 0; i < socket_step_count; i++) {
+        mp_obj_dict_store(d, mp_obj_new_str(socket_steps[i].name, strlen(socket_steps[i].name)),
+                          mp_obj_new_int(socket_steps[i].value));
+    }
+    return d;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(kernel_socket_test_obj, kernel_socket_test);
+
 static const mp_rom_map_elem_t kernel_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR_kernel) },
     { MP_ROM_QSTR(MP_QSTR_version), MP_ROM_PTR(&kernel_version_obj) },
@@ -332,6 +415,7 @@ static const mp_rom_map_elem_t kernel_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_malloc_check), MP_ROM_PTR(&kernel_malloc_check_obj) },
     { MP_ROM_QSTR(MP_QSTR_cpus), MP_ROM_PTR(&kernel_cpus_obj) },
     { MP_ROM_QSTR(MP_QSTR_thread_test), MP_ROM_PTR(&kernel_thread_test_obj) },
+    { MP_ROM_QSTR(MP_QSTR_socket_test), MP_ROM_PTR(&kernel_socket_test_obj) },
     { MP_ROM_QSTR(MP_QSTR_fault), MP_ROM_PTR(&kernel_fault_obj) },
     { MP_ROM_QSTR(MP_QSTR_exit), MP_ROM_PTR(&kernel_exit_obj) },
 };
