@@ -12,6 +12,7 @@ SMP     ?= $(shell nproc)
 MODEL   ?= $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 APPEND  ?=
 CONSOLE ?= stdio
+RPC     ?=
 JOBS    ?= $(shell nproc)
 
 DEFAULT_MODEL := $(DEPS)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -38,10 +39,10 @@ TLS_HINT  = $(if $(TLS_ON),; https://127.0.0.1:$(TLS_PORT)/ -> guest :443$(if $(
 QEMU_ACCEL = $(if $(filter 1,$(SMP)),-accel tcg,-accel tcg$(comma)thread=multi -smp $(SMP))
 QEMU_MACHINE = -machine pc $(QEMU_ACCEL) -cpu $(CPU) -m $(MEM) -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 \
-	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80$(if $(TLS_ON),$(comma)hostfwd=tcp:127.0.0.1:$(TLS_PORT)-:443) \
+	-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$(PORT)-:80$(if $(TLS_ON),$(comma)hostfwd=tcp:127.0.0.1:$(TLS_PORT)-:443)$(if $(RPC),$(comma)hostfwd=tcp:127.0.0.1:$(RPC)-:$(RPC)) \
 	-device e1000,netdev=net0
-QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) -initrd "$(subst $(space),$(comma),$(strip $(MODEL) $(TLS_PAIR)))" \
-	-append "$(strip $(TLS_ARGS) $(if $(TLS_ON),https_port=$(TLS_PORT)) $(APPEND))"
+QEMU_ARGS = $(QEMU_MACHINE) -kernel $(KERNEL) $(if $(strip $(MODEL) $(TLS_PAIR)),-initrd "$(subst $(space),$(comma),$(strip $(MODEL) $(TLS_PAIR)))") \
+	-append "$(strip $(TLS_ARGS) $(if $(TLS_ON),https_port=$(TLS_PORT)) $(if $(RPC),rpc=$(RPC)) $(APPEND))"
 
 # `make image`: the kernel command line baked into the image, from these and APPEND; an appliance
 # reboots after a panic unless APPEND says otherwise (panic=halt).
@@ -115,6 +116,7 @@ help:
 	@echo "           SMP=$(SMP) guest CPUs (default: the host's cores); llama.cpp uses one thread per CPU unless APPEND='threads=N'"
 	@echo "           MODEL=<file passed as a boot module> (default: SmolLM2-135M-Instruct Q4_1 from the pinned wheel)"
 	@echo "           APPEND=<kernel command line>, e.g. APPEND='heap=64M'"
+	@echo "           RPC=50052: a llama.cpp RPC worker (rpc=RPC, 127.0.0.1:RPC forwarded to it); MODEL= boots it without a model"
 	@echo "           CONSOLE=$(CONSOLE); pty: the serial console on a pty for mpremote (QEMU prints /dev/pts/N), monitor here"
 	@echo "           image only: N_CTX= PARALLEL= API_KEY= (added to the command line), IMAGE=$(IMAGE)"
 	@echo "           bench only: BENCH_RUNS=3 BENCH_GEN=128 BENCH_PARAGRAPHS=5 (of prompt, ~40 tokens each) BENCH_HEALTH=500"
@@ -164,7 +166,7 @@ $(KERNEL): kernel
 # --- running ------------------------------------------------------------------------------
 run: kernel $(MODEL_DEP) $(TLS_DEP)
 	@$(CHECK_MODEL)
-	@echo "booting $(KERNEL) with $(MEM) RAM, module $(MODEL); http://127.0.0.1:$(PORT)/ -> guest :80$(TLS_HINT); $(QUIT_HINT)"
+	@echo "booting $(KERNEL) with $(MEM) RAM, module $(or $(MODEL),none); http://127.0.0.1:$(PORT)/ -> guest :80$(TLS_HINT)$(if $(RPC),; RPC worker 127.0.0.1:$(RPC)); $(QUIT_HINT)"
 	-@qemu-system-i386 $(QEMU_ARGS) $(QEMU_CONSOLE)
 
 run-debug: kernel $(MODEL_DEP) $(TLS_DEP)

@@ -1,10 +1,10 @@
 """A model split over boxes with llama.cpp's RPC backend: the host's llama-server of the kernel's own
 ggml build (peer-same, -t 1) with SmolLM2's layers on two cllm boxes (rpc=50052, one CPU each) against
-one cllm box serving SmolLM2 itself (one CPU), in one run. Each answers the same prompts greedily,
-BENCH_GEN tokens (ignore_eos); generated tok/s is each server's own timings.predicted_per_second,
-and the text must be the same. What the split costs is the price of a model larger than one box
-(an i386 box addresses 4 GiB): every token crosses the network to each box and back. Raw numbers go
-to build/bench/rpc.json.
+one cllm box serving SmolLM2 itself (one CPU), in one run, and the same llama-server alone on the host
+(its CPU, not emulated: the text's reference). Each answers the same prompts greedily, BENCH_GEN
+tokens (ignore_eos); generated tok/s is each server's own timings.predicted_per_second. What the
+split costs is the price of a model larger than one box (an i386 box addresses 4 GiB): every token
+crosses the network to each box and back. Raw numbers go to build/bench/rpc.json.
 
     make bench-rpc              (BENCH_GEN=32 BENCH_RUNS=2)
 """
@@ -17,7 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import KERNEL, MODEL, OUT, Machine, machine  # noqa: E402
-from qemu import Guest, free_port  # noqa: E402
+from qemu import free_port  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fleet"))
+from fleet import rpc_workers  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SERVER = os.path.join(ROOT, "build", "llama", "peer-same", "bin", "llama-server")
@@ -43,15 +46,15 @@ def answers(server):
     return out
 
 
-class Split:
-    """llama-server on the host with every layer on the boxes (--rpc), as Machine's request()."""
+class HostServer:
+    """llama-server on the host, as Machine's request(); with boxes, every layer on them (--rpc)."""
 
-    def __init__(self, boxes):
+    def __init__(self, boxes=()):
         self.port = free_port()
-        self.log = open(os.path.join(OUT, "rpc-llama-server.log"), "wb")
+        self.log = open(os.path.join(OUT, f"rpc-llama-server{'-alone' * (not boxes)}.log"), "wb")
+        rpc = ["--rpc", ",".join(f"127.0.0.1:{b.port}" for b in boxes), "-ngl", "99"] if boxes else []
         self.proc = subprocess.Popen([SERVER, "-m", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "-c", "2048",
-                                      "-np", "1", "-t", "1", "--rpc", ",".join(f"127.0.0.1:{b.port}" for b in boxes),
-                                      "-ngl", "99"], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "-np", "1", "-t", "1", *rpc], stdout=self.log, stderr=subprocess.STDOUT)
         end = time.monotonic() + 600
         while True:
             try:
@@ -60,7 +63,7 @@ class Split:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"llama-server --rpc did not come up; see {self.log.name}")
+                raise RuntimeError(f"llama-server did not come up; see {self.log.name}")
             time.sleep(1)
 
     request = Machine.request
@@ -80,33 +83,31 @@ def main():
         alone = answers(one)
     finally:
         one.close()
-    boxes = []
+    host = HostServer()
     try:
-        for _ in range(2):
-            port = free_port()
-            g = Guest(append="rpc=50052", mem="512M", timeout=60, hostfwd=[f"tcp:127.0.0.1:{port}-:50052"])
-            g.port = port
-            boxes.append(g)
-        for g in boxes:
-            g.expect(rb"RPC worker on port 50052", timeout=60)
-        split = Split(boxes)
+        native = answers(host)
+    finally:
+        host.close()
+    with rpc_workers(2, mem="512M") as boxes:
+        split = HostServer(boxes)
         try:
             over_two = answers(split)
         finally:
             split.close()
-    finally:
-        for g in boxes:
-            g.close()
     a = statistics.median(t for _, t in alone)
     s = statistics.median(t for _, t in over_two)
-    same = [x[0] == y[0] for x, y in zip(alone, over_two)]
-    print("\n| SmolLM2, greedy | generated tok/s (median) | × one box | same text |")
+    h = statistics.median(t for _, t in native)
+
+    def same(run):      # the text of each answer against the host's llama-server alone
+        return f"{sum(x[0] == y[0] for x, y in zip(native, run))}/{len(native)}"
+    print("\n| SmolLM2, greedy | generated tok/s (median) | × one box | same text as the host alone |")
     print("|---|---|---|---|")
-    print(f"| one cllm box (1 CPU) | {a:.2f} | 1.00× | |")
-    print(f"| host llama-server, layers on two cllm boxes (rpc=, 1 CPU each) | {s:.2f} | {s / a:.2f}× | "
-          f"{sum(same)}/{len(same)} |")
+    print(f"| one cllm box (1 CPU) | {a:.2f} | 1.00× | {same(alone)} |")
+    print(f"| host llama-server, layers on two cllm boxes (rpc=, 1 CPU each) | {s:.2f} | {s / a:.2f}× | {same(over_two)} |")
+    print(f"| host llama-server alone (the host's CPU, not emulated) | {h:.1f} | | |")
     with open(os.path.join(OUT, "rpc.json"), "w") as f:
-        json.dump({"machine": machine(), "n_gen": N_GEN, "one_box": alone, "split": over_two}, f, indent=1)
+        json.dump({"machine": machine(), "n_gen": N_GEN, "one_box": alone, "split": over_two, "host_alone": native},
+                  f, indent=1)
 
 
 if __name__ == "__main__":

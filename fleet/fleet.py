@@ -8,6 +8,7 @@ supervisor would: it rejoins once its /health answers. Ctrl-C stops HAProxy and 
 
 The tests and bench/fleet.py use Fleet and Box from here."""
 import argparse
+import contextlib
 import csv
 import http.client
 import io
@@ -21,7 +22,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from qemu import KERNEL, qemu_command  # noqa: E402
+from qemu import KERNEL, Guest, free_port, qemu_command  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "fleet", "haproxy.cfg")
 RESTART_S = 1.0
@@ -111,6 +112,26 @@ class Box:
             self.proc.kill()
         if self.proc:
             self.proc.wait()
+
+
+@contextlib.contextmanager
+def rpc_workers(n, mem="512M", kernel=KERNEL):
+    """n boxes booted as llama.cpp RPC workers (rpc=50052, one CPU, no model), up and listening:
+    Guests with .port, the host port forwarded to each one's 50052 (llama-server --rpc 127.0.0.1:PORT)."""
+    boxes = []
+    try:
+        for _ in range(n):
+            port = free_port()
+            g = Guest(append="rpc=50052", mem=mem, kernel=kernel, timeout=60, hostfwd=[f"tcp:127.0.0.1:{port}-:50052"])
+            g.port = port
+            boxes.append(g)
+        for g in boxes:
+            g.expect(rb"llama.cpp RPC worker on port 50052 \(1 thread", timeout=60)
+            g.wait_prompt()
+        yield boxes
+    finally:
+        for g in boxes:
+            g.close()
 
 
 class Fleet:

@@ -191,6 +191,9 @@ static long sock_accept(int h, int nonblock, uint32_t *addr, uint16_t *port) {
     }
     for (;;) {
         uint32_t seen = __atomic_load_n(&s->events, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE)) {
+            return -EBADF;              // closed by another thread meanwhile
+        }
         uint32_t tail = s->backlog_tail;
         if (tail != __atomic_load_n(&s->backlog_head, __ATOMIC_ACQUIRE)) {
             int c = s->backlog[tail % BACKLOG];
@@ -222,6 +225,9 @@ static long sock_recv(int h, void *buf, uint32_t n, int nonblock, int peek) {
     }
     for (;;) {
         uint32_t seen = __atomic_load_n(&s->events, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE)) {
+            return -EBADF;
+        }
         uint32_t have = ring_used(&s->rx);
         if (have) {
             uint32_t take = have < n ? have : n;
@@ -256,6 +262,9 @@ static long sock_send(int h, const void *buf, uint32_t n, int nonblock) {
     uint32_t sent = 0;
     while (sent < n) {
         uint32_t seen = __atomic_load_n(&s->events, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&s->closing, __ATOMIC_ACQUIRE)) {
+            return sent ? (long)sent : -EBADF;
+        }
         if (s->error || s->shut_wr) {
             return sent ? (long)sent : s->shut_wr ? -EPIPE : s->error;
         }
@@ -337,6 +346,7 @@ static void sock_close(int h) {
     struct sock *s = get(h);
     if (s) {
         __atomic_store_n(&s->closing, 1, __ATOMIC_RELEASE);
+        notify(s);                      // a call blocked on it in another thread returns EBADF
         poll_wanted();
     }
 }

@@ -7,8 +7,10 @@ closes the connection or is refused; the box never panics and serves the next cl
 calls themselves, as C code in a thread makes them (kernel.socket_test)."""
 import ast
 import errno
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -19,26 +21,17 @@ from test_server import request
 from test_upstream import Host
 from tinymodel import make_tiny_model
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fleet"))
+from fleet import rpc_workers  # noqa: E402
+
 HELLO, DEVICE_COUNT, ALLOC_BUFFER, BUFFER_GET_BASE, SET_TENSOR, GRAPH_COMPUTE = 14, 15, 0, 3, 6, 10
 F32 = 0
 
 
 @pytest.fixture(scope="module")
 def boxes():
-    out = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            g = Guest(append="rpc=50052", mem="256M", timeout=60, hostfwd=[f"tcp:127.0.0.1:{port}-:50052"])
-            g.port = port
-            out.append(g)
-        for g in out:
-            g.expect(rb"llama.cpp RPC worker on port 50052 \(1 thread", timeout=60)
-            g.wait_prompt()
+    with rpc_workers(2, mem="256M") as out:
         yield out
-    finally:
-        for g in out:
-            g.close()
 
 
 class Rpc:

@@ -141,6 +141,7 @@ static mp_obj_t network_lan_counters(mp_obj_t self_in) {
     dict_set(d, MP_QSTR_interrupts, nic->wakeups);
     dict_set(d, MP_QSTR_lwip_assertions, net_assertions);
     dict_set(d, MP_QSTR_time_wait_reused, net_time_wait_reused);
+    dict_set(d, MP_QSTR_sockets_refused, net_sockets_refused);
     dict_set(d, MP_QSTR_tcp_write_no_memory, net_tcp_write_no_memory);
     return d;
 }
