@@ -179,7 +179,7 @@ class Fleet:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
-                if re.search(rb"Server \S+ is (DOWN|UP)", line):
+                if re.search(rb"Server \S+ is (DOWN|UP)", line) and not line.startswith(b"<"):   # not the log's copy
                     self.events.append((time.monotonic(), line.decode(errors="replace").strip()))
 
     def stats(self):
@@ -256,7 +256,7 @@ def main():
         print(f"balancer: http://127.0.0.1:{args.port}/   stats: http://127.0.0.1:{args.stats_port}/   "
               f"HAProxy's metrics: http://127.0.0.1:{args.stats_port}/metrics   log: {fleet.haproxy_log}")
         print("Ctrl-C stops the fleet")
-        shown, down_since = 0, {}
+        shown, down_since = len(fleet.events), {}      # the boxes were down while they booted
         while True:
             for _, line in fleet.events[shown:]:
                 print("haproxy:", line.split("]: ", 1)[-1])
