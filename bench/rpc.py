@@ -11,19 +11,15 @@ crosses the network to each box and back. Raw numbers go to build/bench/rpc.json
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import KERNEL, MODEL, OUT, Machine, machine  # noqa: E402
-from qemu import free_port  # noqa: E402
+from test_upstream import Host  # noqa: E402  (peer-same's llama-server on the host, -t 1 -np 1)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fleet"))
 from fleet import rpc_workers  # noqa: E402
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-SERVER = os.path.join(ROOT, "build", "llama", "peer-same", "bin", "llama-server")
 N_GEN = int(os.environ.get("BENCH_GEN", 32))
 RUNS = int(os.environ.get("BENCH_RUNS", 2))
 PROMPTS = ["Write a short poem about the sea.", "Explain what a lighthouse does, in two sentences."]
@@ -38,40 +34,12 @@ def answers(server):
     out = []
     for _ in range(RUNS):
         for p in PROMPTS:
-            status, raw = server.request("POST", "/completion", body(p), timeout=3600)
+            status, raw = Machine.request(server, "POST", "/completion", body(p), timeout=3600)
             if status != 200:
                 raise RuntimeError(f"{status}: {raw[:300]}")
             data = json.loads(raw)
             out.append((data["content"], data["timings"]["predicted_per_second"]))
     return out
-
-
-class HostServer:
-    """llama-server on the host, as Machine's request(); with boxes, every layer on them (--rpc)."""
-
-    def __init__(self, boxes=()):
-        self.port = free_port()
-        self.log = open(os.path.join(OUT, f"rpc-llama-server{'-alone' * (not boxes)}.log"), "wb")
-        rpc = ["--rpc", ",".join(f"127.0.0.1:{b.port}" for b in boxes), "-ngl", "99"] if boxes else []
-        self.proc = subprocess.Popen([SERVER, "-m", MODEL, "--host", "127.0.0.1", "--port", str(self.port), "-c", "2048",
-                                      "-np", "1", "-t", "1", *rpc], stdout=self.log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + 600
-        while True:
-            try:
-                if self.request("GET", "/health", timeout=5)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"llama-server did not come up; see {self.log.name}")
-            time.sleep(1)
-
-    request = Machine.request
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
 
 
 def main():
@@ -83,13 +51,14 @@ def main():
         alone = answers(one)
     finally:
         one.close()
-    host = HostServer()
+    host = Host(MODEL, 2048, log=os.path.join(OUT, "rpc-llama-server-alone.log"))
     try:
         native = answers(host)
     finally:
         host.close()
     with rpc_workers(2, mem="512M") as boxes:
-        split = HostServer(boxes)
+        split = Host(MODEL, 2048, "--rpc", ",".join(f"127.0.0.1:{b.port}" for b in boxes), "-ngl", "99",
+                     log=os.path.join(OUT, "rpc-llama-server.log"))
         try:
             over_two = answers(split)
         finally:

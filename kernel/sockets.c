@@ -48,20 +48,7 @@ static long sock_socket(int domain, int type, int protocol) {
     return h < 0 ? h : files_open_socket(h, (type & SOCK_NONBLOCK) != 0);
 }
 
-// The socket behind fd (and its O_NONBLOCK), or a negative errno in *err.
-static int handle(int fd, int *nonblock, long *err) {
-    int h = files_socket(fd, nonblock);
-    *err = h < 0 ? h : 0;
-    return h;
-}
-
-static long sock_bind(int fd, const struct sockaddr_in4 *sa, uint32_t len) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_bind(int h, const struct sockaddr_in4 *sa, uint32_t len) {
     if (len < 8 || !sa) {
         return -EINVAL;
     }
@@ -71,11 +58,8 @@ static long sock_bind(int fd, const struct sockaddr_in4 *sa, uint32_t len) {
     return files_sockets()->bind(h, sa->addr, swap16(sa->port));
 }
 
-static long sock_listen(int fd, int backlog) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    return err ? err : files_sockets()->listen(h, backlog);
+static long sock_listen(int h, int backlog) {
+    return files_sockets()->listen(h, backlog);
 }
 
 // Fill a sockaddr_in at sa, as far as *len allows; *len becomes its full size.
@@ -92,13 +76,7 @@ static void put_address(struct sockaddr_in4 *sa, uint32_t *len, uint32_t addr, u
     *len = sizeof out;
 }
 
-static long sock_accept(int fd, struct sockaddr_in4 *sa, uint32_t *len, int flags) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_accept(int h, int nb, struct sockaddr_in4 *sa, uint32_t *len, int flags) {
     if (flags & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)) {
         return -EINVAL;
     }
@@ -112,37 +90,22 @@ static long sock_accept(int fd, struct sockaddr_in4 *sa, uint32_t *len, int flag
     return files_open_socket((int)c, (flags & SOCK_NONBLOCK) != 0);
 }
 
-static long sock_name(int fd, struct sockaddr_in4 *sa, uint32_t *len, int peer) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_name(int h, struct sockaddr_in4 *sa, uint32_t *len, int peer) {
     uint32_t addr;
     uint16_t port;
-    err = files_sockets()->address(h, peer, &addr, &port);
+    long err = files_sockets()->address(h, peer, &addr, &port);
     if (!err) {
         put_address(sa, len, addr, port);
     }
     return err;
 }
 
-static long sock_send(int fd, const void *buf, uint32_t n, int flags) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    return err ? err : files_sockets()->send(h, buf, n, nb || (flags & MSG_DONTWAIT));
+static long sock_send(int h, int nb, const void *buf, uint32_t n, int flags) {
+    return files_sockets()->send(h, buf, n, nb || (flags & MSG_DONTWAIT));
 }
 
 // MSG_WAITALL: until n bytes, the end of the stream or an error (what came before it is returned).
-static long sock_recv(int fd, void *buf, uint32_t n, int flags) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_recv(int h, int nb, void *buf, uint32_t n, int flags) {
     nb = nb || (flags & MSG_DONTWAIT);
     long got = files_sockets()->recv(h, buf, n, nb, (flags & MSG_PEEK) != 0);
     if (!(flags & MSG_WAITALL) || (flags & MSG_PEEK) || got <= 0) {
@@ -159,25 +122,13 @@ static long sock_recv(int fd, void *buf, uint32_t n, int flags) {
     return total;
 }
 
-static long sock_shutdown(int fd, int how) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_shutdown(int h, int how) {
     return how < 0 || how > 2 ? -EINVAL : files_sockets()->shutdown(h, how);
 }
 
 // SO_REUSEADDR and SO_KEEPALIVE are taken and change nothing (lwIP rebinds a port in TIME_WAIT
 // anyway, and the connections here are short); TCP_NODELAY turns Nagle's algorithm off.
-static long sock_setsockopt(int fd, int level, int name, const int *value, uint32_t len) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_setsockopt(int h, int level, int name, const int *value, uint32_t len) {
     if (!value || len < sizeof(int)) {
         return -EINVAL;
     }
@@ -190,13 +141,7 @@ static long sock_setsockopt(int fd, int level, int name, const int *value, uint3
     return -ENOPROTOOPT;
 }
 
-static long sock_getsockopt(int fd, int level, int name, int *value, uint32_t *len) {
-    int nb;
-    long err;
-    int h = handle(fd, &nb, &err);
-    if (err) {
-        return err;
-    }
+static long sock_getsockopt(int h, int level, int name, int *value, uint32_t *len) {
     if (!value || !len || *len < sizeof(int)) {
         return -EINVAL;
     }
@@ -208,26 +153,36 @@ static long sock_getsockopt(int fd, int level, int name, int *value, uint32_t *l
     return -ENOPROTOOPT;
 }
 
-// The direct calls: (arguments as the registers hold them)
+// One call, its arguments as the registers (or socketcall's array) hold them; every call but socket
+// names a socket descriptor first, looked up here once.
 #define A(i) args[i]
 static long call(int op, const uint32_t *args) {
     switch (op) {
-        case SYS_SOCKET:      return sock_socket((int)A(0), (int)A(1), (int)A(2));
-        case SYS_BIND:        return sock_bind((int)A(0), (const void *)A(1), A(2));
-        case SYS_CONNECT:     return files_socket((int)A(0), &(int){0}) < 0 ? -ENOTSOCK : -EOPNOTSUPP;
-        case SYS_LISTEN:      return sock_listen((int)A(0), (int)A(1));
-        case SYS_ACCEPT:      return sock_accept((int)A(0), (void *)A(1), (uint32_t *)A(2), 0);
-        case SYS_ACCEPT4:     return sock_accept((int)A(0), (void *)A(1), (uint32_t *)A(2), (int)A(3));
-        case SYS_GETSOCKNAME: return sock_name((int)A(0), (void *)A(1), (uint32_t *)A(2), 0);
-        case SYS_GETPEERNAME: return sock_name((int)A(0), (void *)A(1), (uint32_t *)A(2), 1);
-        case SYS_SEND:        return sock_send((int)A(0), (const void *)A(1), A(2), (int)A(3));
-        case SYS_SENDTO:      return sock_send((int)A(0), (const void *)A(1), A(2), (int)A(3));   // connected: no address
-        case SYS_RECV:        return sock_recv((int)A(0), (void *)A(1), A(2), (int)A(3));
-        case SYS_RECVFROM:    return sock_recv((int)A(0), (void *)A(1), A(2), (int)A(3));
-        case SYS_SHUTDOWN:    return sock_shutdown((int)A(0), (int)A(1));
-        case SYS_SETSOCKOPT:  return sock_setsockopt((int)A(0), (int)A(1), (int)A(2), (const int *)A(3), A(4));
-        case SYS_GETSOCKOPT:  return sock_getsockopt((int)A(0), (int)A(1), (int)A(2), (int *)A(3), (uint32_t *)A(4));
-        default:              return -ENOSYS;       // socketpair, sendmsg, recvmsg, ...
+        case SYS_SOCKET:
+            return sock_socket((int)A(0), (int)A(1), (int)A(2));
+        case SYS_SOCKETPAIR: case SYS_SENDMSG: case SYS_RECVMSG: case SYS_RECVMMSG: case SYS_SENDMMSG:
+            return -ENOSYS;
+    }
+    int nb, h = files_socket((int)A(0), &nb);
+    if (h < 0) {
+        return h;
+    }
+    switch (op) {
+        case SYS_BIND:        return sock_bind(h, (const void *)A(1), A(2));
+        case SYS_CONNECT:     return -EOPNOTSUPP;
+        case SYS_LISTEN:      return sock_listen(h, (int)A(1));
+        case SYS_ACCEPT:      return sock_accept(h, nb, (void *)A(1), (uint32_t *)A(2), 0);
+        case SYS_ACCEPT4:     return sock_accept(h, nb, (void *)A(1), (uint32_t *)A(2), (int)A(3));
+        case SYS_GETSOCKNAME: return sock_name(h, (void *)A(1), (uint32_t *)A(2), 0);
+        case SYS_GETPEERNAME: return sock_name(h, (void *)A(1), (uint32_t *)A(2), 1);
+        case SYS_SEND:        return sock_send(h, nb, (const void *)A(1), A(2), (int)A(3));
+        case SYS_SENDTO:      return sock_send(h, nb, (const void *)A(1), A(2), (int)A(3));   // connected: no address
+        case SYS_RECV:        return sock_recv(h, nb, (void *)A(1), A(2), (int)A(3));
+        case SYS_RECVFROM:    return sock_recv(h, nb, (void *)A(1), A(2), (int)A(3));
+        case SYS_SHUTDOWN:    return sock_shutdown(h, (int)A(1));
+        case SYS_SETSOCKOPT:  return sock_setsockopt(h, (int)A(1), (int)A(2), (const int *)A(3), A(4));
+        case SYS_GETSOCKOPT:  return sock_getsockopt(h, (int)A(1), (int)A(2), (int *)A(3), (uint32_t *)A(4));
+        default:              return -ENOSYS;
     }
 }
 #undef A

@@ -130,10 +130,6 @@ static int alloc_sock(void) {
 
 // ---- the caller's side (any thread) -------------------------------------------------------------
 
-static int sock_open(void) {
-    return alloc_sock();
-}
-
 static long ask(struct sock *s, enum request req) {
     s->result = 0;
     __atomic_store_n(&s->request, req, __ATOMIC_RELEASE);
@@ -352,7 +348,7 @@ static void sock_close(int h) {
 }
 
 static const struct socket_ops ops = {
-    .open = sock_open, .bind = sock_bind, .listen = sock_listen, .accept = sock_accept,
+    .open = alloc_sock, .bind = sock_bind, .listen = sock_listen, .accept = sock_accept,
     .recv = sock_recv, .send = sock_send, .shutdown = sock_shutdown, .nodelay = sock_nodelay,
     .error = sock_error, .address = sock_address, .ready = sock_ready, .close = sock_close,
 };
